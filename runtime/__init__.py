@@ -1,0 +1,1 @@
+"""Runtime: the model-directory format and ONNX Runtime encoding (numpy, tokenizers, ORT only)."""

@@ -1,0 +1,203 @@
+"""The model-directory format: ``manifest.json`` plus one ``model.<precision>.onnx`` per variant.
+
+runtime/ owns this format; export/ and quantize/ write it, the Encoder reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, ManifestError, ModelNotFoundError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+OUTPUT_NAME = "sentence_embedding"
+PRECISIONS = ("fp32", "int8", "fp16")
+POOLINGS = ("mean", "cls", "max")
+
+
+def model_filename(precision: str) -> str:
+    """File name of a precision variant inside a model directory."""
+    return f"model.{precision}.onnx"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX file of a model directory and how faithful it is to its reference."""
+
+    precision: str
+    file: str
+    sha256: str
+    size_bytes: int
+    # Fidelity figures (min/mean/p1 cosine, max abs diff, n sentences, reference name).
+    validation: dict[str, Any] = field(default_factory=dict)
+    # How the variant was made (quantization recipe, nodes left in fp32, ...).
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Variant:
+        try:
+            return cls(
+                precision=str(data["precision"]),
+                file=str(data["file"]),
+                sha256=str(data["sha256"]),
+                size_bytes=int(data["size_bytes"]),
+                validation=dict(data.get("validation", {})),
+                recipe=dict(data.get("recipe", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest variant entry is malformed ({exc!r}): {data!r}") from exc
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about a model directory."""
+
+    source: str
+    architecture: str
+    model_type: str
+    dim: int
+    pooling: str
+    normalize: bool
+    max_length: int
+    input_names: tuple[str, ...]
+    pad_token_id: int
+    opset: int
+    variants: dict[str, Variant]
+    output_name: str = OUTPUT_NAME
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_names"] = list(self.input_names)
+        d["variants"] = {k: v.to_dict() for k, v in self.variants.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema_version {version!r} is not supported (this bertrec reads "
+                f"{SCHEMA_VERSION}); re-export the model with this version of bertrec"
+            )
+        try:
+            variants = {str(k): Variant.from_dict(v) for k, v in dict(data["variants"]).items()}
+            m = cls(
+                source=str(data["source"]),
+                architecture=str(data["architecture"]),
+                model_type=str(data["model_type"]),
+                dim=int(data["dim"]),
+                pooling=str(data["pooling"]),
+                normalize=bool(data["normalize"]),
+                max_length=int(data["max_length"]),
+                input_names=tuple(str(n) for n in data["input_names"]),
+                pad_token_id=int(data["pad_token_id"]),
+                opset=int(data["opset"]),
+                variants=variants,
+                output_name=str(data.get("output_name", OUTPUT_NAME)),
+                versions={str(k): str(v) for k, v in dict(data.get("versions", {})).items()},
+                schema_version=SCHEMA_VERSION,
+            )
+        except KeyError as exc:
+            raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest has a field of the wrong type: {exc}") from exc
+        if m.pooling not in POOLINGS:
+            raise ManifestError(f"manifest pooling {m.pooling!r} is not one of {POOLINGS}")
+        if m.dim <= 0 or m.max_length <= 0:
+            raise ManifestError(f"manifest dim={m.dim} and max_length={m.max_length} must be > 0")
+        return m
+
+    def with_variant(self, variant: Variant) -> Manifest:
+        """A copy with ``variant`` added (or replaced)."""
+        return replace(self, variants={**self.variants, variant.precision: variant})
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the model's weights: the fp32 file's sha256 (or the first variant's)."""
+        v = self.variants.get("fp32") or next(iter(self.variants.values()))
+        return v.sha256
+
+
+def default_mode(base: int = 0o666) -> int:
+    """``base`` with the process umask applied (mkstemp/mkdtemp create owner-only files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
+    """Read and check ``manifest.json`` of a model directory."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not Path(model_dir).is_dir():
+        raise ModelNotFoundError(
+            f"model directory {str(model_dir)!r} does not exist; create one with "
+            "`bertrec export SOURCE OUTPUT_DIR`"
+        )
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{str(model_dir)!r} has no {MANIFEST_NAME}: it is not a bertrec model directory; "
+            "create one with `bertrec export SOURCE OUTPUT_DIR`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
+    return Manifest.from_dict(data)
+
+
+def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(model_dir) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def verify_variant(model_dir: str | os.PathLike[str], variant: Variant) -> Path:
+    """Path of a variant's ONNX file after checking it exists and matches its sha256."""
+    path = Path(model_dir) / variant.file
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{variant.precision} variant file {str(path)!r} named in the manifest is missing; "
+            "re-export the model or run `bertrec quantize`"
+        )
+    size = path.stat().st_size
+    if size != variant.size_bytes or sha256_file(path) != variant.sha256:
+        raise IntegrityError(
+            f"{str(path)!r} does not match its manifest entry (size {size} vs "
+            f"{variant.size_bytes}, or sha256 differs): the file was modified or truncated; "
+            "re-export the model"
+        )
+    return path
