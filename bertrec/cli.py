@@ -48,8 +48,10 @@ def _print_manifest(model_dir: str) -> None:
     from bertrec.runtime.manifest import read_manifest
 
     m = read_manifest(model_dir)
-    print(f"{model_dir}: {m.model_type} dim={m.dim} pooling={m.pooling} "
-          f"normalize={m.normalize} max_length={m.max_length}")
+    print(
+        f"{model_dir}: {m.model_type} dim={m.dim} pooling={m.pooling} "
+        f"normalize={m.normalize} max_length={m.max_length}"
+    )
     for v in m.variants.values():
         val = v.validation
         figures = (

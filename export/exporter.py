@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
-
 from bertrec.runtime.errors import (
     CheckpointError,
     ConfigError,
@@ -33,7 +31,6 @@ from bertrec.runtime.manifest import (
     OUTPUT_NAME,
     POOLINGS,
     PRECISIONS,
-    TOKENIZER_NAME,
     Manifest,
     Variant,
     default_mode,
@@ -42,6 +39,7 @@ from bertrec.runtime.manifest import (
     write_manifest,
 )
 from bertrec.runtime.texts import default_sentences
+from numpy.typing import NDArray
 
 from .architectures import ARCHITECTURES
 from .sources import SourceInfo, resolve_source
@@ -181,7 +179,7 @@ def _load_model(info: SourceInfo) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(str(info.hf_dir), use_fast=True)
         # Eager attention traces to the MatMul/Softmax pattern ORT's fusions recognise.
         model = AutoModel.from_pretrained(
-            str(info.hf_dir), attn_implementation="eager", torch_dtype=torch.float32
+            str(info.hf_dir), attn_implementation="eager", dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for bad files
         raise CheckpointError(
@@ -324,6 +322,7 @@ def _build(
     texts = list(validation_texts) if validation_texts is not None else default_sentences()
     reference = _torch_reference(module, tokenizer, texts, max_length, with_types)
     dim = int(reference.shape[1])
+    _fix_output_shape(fp32_path, dim)
     manifest = Manifest(
         source=info.source,
         architecture=str((info.config.get("architectures") or [model.__class__.__name__])[0]),
@@ -371,12 +370,24 @@ def _build(
         step(p)
         from bertrec.quantize import add_variant
 
-        add_variant(tmp, p, calibration_texts=calibration_texts, reference_texts=texts,
-                    reference=reference)
+        add_variant(
+            tmp, p, calibration_texts=calibration_texts, reference_texts=texts, reference=reference
+        )
         bar.update()
     step("write")
     bar.update()
     bar.close()
+
+
+def _fix_output_shape(path: Path, dim: int) -> None:
+    """Declare the output as [batch, dim]: the tracer leaves dim symbolic after pooling."""
+    import onnx
+
+    model = onnx.load(str(path))
+    (out,) = model.graph.output
+    out.type.tensor_type.shape.dim[1].Clear()
+    out.type.tensor_type.shape.dim[1].dim_value = dim
+    onnx.save(model, str(path))
 
 
 def validate_variant(

@@ -16,9 +16,11 @@ from bertrec.runtime.errors import (
 
 from .architectures import ARCHITECTURES, supported_architectures
 
-_ST_POOLING = "sentence_transformers.models.Pooling"
-_ST_NORMALIZE = "sentence_transformers.models.Normalize"
-_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+# Module types are matched on the class name: sentence-transformers moved them between
+# packages over versions (sentence_transformers.models.X, ...base.modules.x.X).
+_ST_POOLING = "Pooling"
+_ST_NORMALIZE = "Normalize"
+_ST_TRANSFORMER = "Transformer"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ def _read_json(path: Path) -> Any:
 
 
 def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
+    mode = cfg.get("pooling_mode")  # newer sentence-transformers: one string
+    if isinstance(mode, str):
+        mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
+        if mode in ("mean", "cls", "max"):
+            return mode
+        raise UnsupportedModelError(
+            f"{str(path)!r} asks for pooling {mode!r}; bertrec supports mean, cls, max. "
+            "Pass --pooling to choose one explicitly"
+        )
     modes = {
         "cls": cfg.get("pooling_mode_cls_token", False),
         "mean": cfg.get("pooling_mode_mean_tokens", False),
@@ -73,17 +84,33 @@ def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
     return chosen[0]
 
 
+def _max_seq_length(hf_dir: Path) -> int | None:
+    """sentence-transformers' max_seq_length, else the tokenizer's model_max_length."""
+    st_cfg = hf_dir / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        value = _read_json(st_cfg).get("max_seq_length")
+        if value:
+            return int(value)
+    tok_cfg = hf_dir / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        value = _read_json(tok_cfg).get("model_max_length")
+        # Tokenizers without a limit store a huge sentinel (1e30); ignore it.
+        if isinstance(value, (int, float)) and 0 < value < 100_000:
+            return int(value)
+    return None
+
+
 def _resolve_local(root: Path) -> tuple[Path, str | None, bool | None, int | None]:
     """HF directory plus pooling / normalize / max length read from sentence-transformers files."""
     modules_file = root / "modules.json"
     if not modules_file.is_file():
-        return root, None, None, None
+        return root, None, None, _max_seq_length(root)
     modules = _read_json(modules_file)
     if not isinstance(modules, list):
         raise CheckpointError(f"{str(modules_file)!r} is not a list of modules")
     hf_dir, pooling, normalize = root, None, False
     for m in modules:
-        kind = m.get("type", "") if isinstance(m, dict) else ""
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1] if isinstance(m, dict) else ""
         sub = root / str(m.get("path", "")) if isinstance(m, dict) else root
         if kind == _ST_TRANSFORMER:
             hf_dir = sub
@@ -96,13 +123,7 @@ def _resolve_local(root: Path) -> tuple[Path, str | None, bool | None, int | Non
                 f"sentence-transformers module {kind!r} in {str(modules_file)!r} is not supported "
                 "(bertrec exports Transformer + Pooling + optional Normalize)"
             )
-    max_length = None
-    for cfg_name in ("sentence_bert_config.json",):
-        cfg_path = hf_dir / cfg_name
-        if cfg_path.is_file():
-            value = _read_json(cfg_path).get("max_seq_length")
-            max_length = int(value) if value else None
-    return hf_dir, pooling, normalize, max_length
+    return hf_dir, pooling, normalize, _max_seq_length(hf_dir)
 
 
 def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:

@@ -35,7 +35,9 @@ def plan_batches(
     if max_batch_tokens <= 0:
         raise ConfigError(f"max_batch_tokens must be > 0, got {max_batch_tokens}")
     if max_batch_size is not None and (
-        isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size <= 0
+        isinstance(max_batch_size, bool)
+        or not isinstance(max_batch_size, int)
+        or max_batch_size <= 0
     ):
         raise ConfigError(f"batch_size must be a positive int or None, got {max_batch_size!r}")
     lens = np.asarray(lengths, dtype=np.int64)

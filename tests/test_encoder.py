@@ -1,0 +1,328 @@
+"""Encoder: shapes, order, IO binding, threads, streaming, integrity, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bertrec
+from bertrec.runtime.batching import plan_batches
+from bertrec.runtime.providers import cuda_usable
+
+TEXTS = [
+    "wireless headphones",
+    "",
+    "A quiet thriller about a lighthouse keeper who finds a stranger on the rocks.",
+    "kids loved it",
+    "The battery lasts two full days, but the charger gets warm. " * 4,
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def enc(tiny_model_dir: Path) -> bertrec.Encoder:
+    return bertrec.Encoder(tiny_model_dir, device="cpu")
+
+
+def test_attributes(enc: bertrec.Encoder) -> None:
+    assert (enc.dim, enc.precision, enc.device, enc.backend) == (32, "fp32", "cpu", "onnxruntime")
+    assert enc.providers == ["CPUExecutionProvider"]
+    assert enc.io_binding is False  # off by default on CPU
+    assert "Encoder(" in repr(enc)
+
+
+def test_rows_in_input_order_and_normalized(enc: bertrec.Encoder) -> None:
+    out = enc.encode(TEXTS)
+    assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32
+    one_by_one = np.stack([enc.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(out, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(out).all()
+
+
+def test_single_string_and_empty_inputs(enc: bertrec.Encoder) -> None:
+    assert enc.encode("kids loved it").shape == (32,)
+    empty = enc.encode([])
+    assert empty.shape == (0, 32) and empty.dtype == np.float32
+    blank = enc.encode(["", " ", "\n"])
+    assert np.isfinite(blank).all()
+    assert enc.encode(()).shape == (0, 32)
+    assert enc.encode(np.array(["a", "b"])).shape == (2, 32)
+
+
+def test_long_text_is_truncated_to_max_length(enc: bertrec.Encoder) -> None:
+    long = "the plot is predictable but the performances are wonderful " * 200
+    tok = enc._tokenizer.encode(long)
+    assert len(tok.ids) == enc.max_length
+    truncated = enc._tokenizer.decode(tok.ids, skip_special_tokens=True)
+    a, b = enc.encode([long, truncated])
+    assert float(a @ b) > 0.9999
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64, 100_000])
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_batching_does_not_change_results(
+    tiny_model_dir: Path, budget: int, batch_size: int | None
+) -> None:
+    ref = bertrec.Encoder(tiny_model_dir, max_batch_tokens=100_000).encode(TEXTS, batch_size=1)
+    got = bertrec.Encoder(tiny_model_dir, max_batch_tokens=budget).encode(
+        TEXTS, batch_size=batch_size
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_io_binding_on_and_off_identical(tiny_model_dir: Path) -> None:
+    texts = TEXTS * 20
+    off = bertrec.Encoder(tiny_model_dir, io_binding=False, max_batch_tokens=64).encode(texts)
+    on = bertrec.Encoder(tiny_model_dir, io_binding=True, max_batch_tokens=64)
+    assert on.io_binding is True
+    a = on.encode(texts)
+    b = on.encode(texts[::-1])  # the reused buffer must not leak rows between calls
+    np.testing.assert_array_equal(a, off)
+    np.testing.assert_array_equal(b, off[::-1])
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_threads_match_sequential(tiny_model_dir: Path, io_binding: bool) -> None:
+    enc = bertrec.Encoder(tiny_model_dir, io_binding=io_binding, max_batch_tokens=48)
+    rng = np.random.default_rng(0)
+    calls = [[TEXTS[i] for i in rng.integers(0, len(TEXTS), 7)] for _ in range(8 * 50)]
+    expected = [enc.encode(c) for c in calls]
+    results: list[np.ndarray | None] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for j in range(k, len(calls), 8):
+                results[j] = enc.encode(calls[j])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_encode_iter_matches_encode(enc: bertrec.Encoder) -> None:
+    texts = [f"item number {i} with some words" for i in range(23)]
+    chunks = list(enc.encode_iter(iter(texts), chunk_size=5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
+    np.testing.assert_allclose(np.concatenate(chunks), enc.encode(texts), atol=1e-6)
+    assert list(enc.encode_iter([], chunk_size=5)) == []
+
+
+def test_encode_iter_bad_input(enc: bertrec.Encoder) -> None:
+    with pytest.raises(bertrec.ConfigError, match="chunk_size"):
+        next(enc.encode_iter(["a"], chunk_size=0))
+    with pytest.raises(bertrec.InputTypeError, match="iterable of strings"):
+        next(enc.encode_iter("not a list"))
+    with pytest.raises(bertrec.InputTypeError, match=r"texts\[1\].*stream position 4"):
+        list(enc.encode_iter(["a", "b", "c", "d", "e", 5], chunk_size=4))
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "match"),
+    [
+        (None, bertrec.InputTypeError, "None"),
+        (b"bytes", bertrec.InputTypeError, "decode"),
+        (42, bertrec.InputTypeError, "int"),
+        (["ok", None], bertrec.InputTypeError, r"texts\[1\] is NoneType"),
+        (["ok", "fine", b"raw"], bertrec.InputTypeError, r"texts\[2\] is bytes.*decode"),
+        (["ok", 3.5], bertrec.InputTypeError, r"texts\[1\] is float"),
+        (["ok", "bad \ud800 surrogate"], bertrec.InputValueError, r"texts\[1\].*Unicode"),
+    ],
+)
+def test_bad_input(enc: bertrec.Encoder, texts: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        enc.encode(texts)  # type: ignore[arg-type]
+
+
+def test_bad_input_is_also_the_builtin_error(enc: bertrec.Encoder) -> None:
+    with pytest.raises(TypeError):
+        enc.encode([None])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        enc.encode(["\udfff"])
+
+
+# -- construction -----------------------------------------------------------------------
+
+
+def test_bad_constructor_arguments(tiny_model_dir: Path) -> None:
+    with pytest.raises(bertrec.ConfigError, match="unknown device 'tpu'"):
+        bertrec.Encoder(tiny_model_dir, device="tpu")
+    with pytest.raises(bertrec.ConfigError, match="precision 'int8' is not in"):
+        bertrec.Encoder(tiny_model_dir, precision="int8")
+    with pytest.raises(bertrec.ConfigError, match="max_batch_tokens must be > 0"):
+        bertrec.Encoder(tiny_model_dir, max_batch_tokens=-5)
+    with pytest.raises(bertrec.ConfigError, match="threads"):
+        bertrec.Encoder(tiny_model_dir, threads=0)
+
+
+def test_auto_precision_falls_back_to_fp32(tiny_model_dir: Path) -> None:
+    assert bertrec.Encoder(tiny_model_dir, precision="auto", device="cpu").precision == "fp32"
+
+
+@pytest.mark.skipif(cuda_usable(), reason="CUDA works here")
+def test_cuda_unavailable_is_a_clear_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(bertrec.ProviderError, match="CPUExecutionProvider.*device='cpu'"):
+        bertrec.Encoder(tiny_model_dir, device="cuda")
+
+
+@pytest.mark.skipif(cuda_usable(), reason="CUDA works here")
+def test_auto_device_falls_back_to_cpu(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    enc = bertrec.Encoder(tiny_model_dir, device="auto")
+    assert enc.device == "cpu"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert "falls back" in caplog.text or "not usable" in caplog.text
+
+
+@pytest.mark.gpu
+def test_cuda_encoder_matches_cpu(tiny_model_dir: Path) -> None:
+    cpu = bertrec.Encoder(tiny_model_dir, device="cpu").encode(TEXTS)
+    gpu = bertrec.Encoder(tiny_model_dir, device="cuda", precision="fp32")
+    assert gpu.device == "cuda" and gpu.io_binding
+    np.testing.assert_allclose(gpu.encode(TEXTS), cpu, atol=1e-4)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_and_truncated_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    f = d / "model.fp32.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(bertrec.IntegrityError, match="modified or truncated"):
+        bertrec.Encoder(d)
+    f.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(bertrec.IntegrityError, match="re-export"):
+        bertrec.Encoder(d)
+    f.unlink()
+    with pytest.raises(bertrec.ModelNotFoundError, match="missing"):
+        bertrec.Encoder(d)
+
+
+def test_bad_model_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(bertrec.ModelNotFoundError, match="does not exist"):
+        bertrec.Encoder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(bertrec.ModelNotFoundError, match="not a bertrec model directory"):
+        bertrec.Encoder(tmp_path / "empty")
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    (d / "manifest.json").write_text("{broken")
+    with pytest.raises(bertrec.ManifestError, match="not valid JSON"):
+        bertrec.Encoder(d)
+    good = json.loads((tiny_model_dir / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps({**good, "schema_version": 99}))
+    with pytest.raises(bertrec.ManifestError, match="schema_version 99"):
+        bertrec.Encoder(d)
+    (d / "manifest.json").write_text(json.dumps({k: v for k, v in good.items() if k != "dim"}))
+    with pytest.raises(bertrec.ManifestError, match="'dim'"):
+        bertrec.Encoder(d)
+    (d / "manifest.json").write_text(json.dumps({**good, "pooling": "sum"}))
+    with pytest.raises(bertrec.ManifestError, match="pooling 'sum'"):
+        bertrec.Encoder(d)
+    (d / "manifest.json").write_text(json.dumps(good))
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(bertrec.ModelNotFoundError, match="tokenizer.json"):
+        bertrec.Encoder(d)
+
+
+# -- batching plan ----------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 512), max_size=300),
+    budget=st.integers(1, 5000),
+    cap=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_plan_batches_covers_every_row_once_within_budget(
+    lengths: list[int], budget: int, cap: int | None
+) -> None:
+    batches = plan_batches(lengths, budget, cap)
+    rows = np.concatenate(batches) if batches else np.array([], dtype=np.intp)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert padded <= budget or len(b) == 1
+        if cap is not None:
+            assert len(b) <= cap
+
+
+def test_plan_batches_bad_arguments() -> None:
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(bertrec.ConfigError):
+            plan_batches([3, 4], bad)  # type: ignore[arg-type]
+    with pytest.raises(bertrec.ConfigError):
+        plan_batches([3], 10, 0)
+
+
+# -- the real model -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_minilm_int8_fidelity_and_size(
+    minilm_source: Path, minilm_model_dir: Path, movie_texts: list[str]
+) -> None:
+    """int8 vs PyTorch fp32 on >= 1,000 real item texts not used for calibration."""
+    from sentence_transformers import SentenceTransformer
+
+    from bertrec.runtime.fidelity import fidelity
+
+    texts = movie_texts[::8][:1200]
+    ref = SentenceTransformer(str(minilm_source), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    enc = bertrec.Encoder(minilm_model_dir, precision="auto", device="cpu")
+    assert enc.precision == "int8"
+    figures = fidelity(enc.encode(texts), ref)
+    assert figures["mean_cos"] >= 0.995, figures
+    assert figures["p1_cos"] >= 0.99, figures
+    m = bertrec.read_manifest(minilm_model_dir)
+    assert m.variants["int8"].size_bytes <= 0.35 * m.variants["fp32"].size_bytes
+
+
+@pytest.mark.slow
+def test_encode_iter_memory_is_bounded(tiny_model_dir: Path) -> None:
+    """200,000 short texts streamed: peak RSS grows by < 300 MB beyond the loaded model."""
+    enc = bertrec.Encoder(tiny_model_dir)
+    enc.encode(["warm up"] * 64)
+
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(field)
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to read peak RSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+    base = status("VmRSS:")
+    texts = (f"short item text number {i}" for i in range(200_000))
+    total = 0
+    for chunk in enc.encode_iter(texts, chunk_size=2048):
+        assert np.isfinite(chunk).all()
+        total += len(chunk)
+    assert total == 200_000
+    growth = status("VmHWM:") - base
+    assert growth < 300 * 2**20, f"peak RSS grew {growth / 2**20:.0f} MB"
