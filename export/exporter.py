@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
 from bertrec.runtime.errors import (
     CheckpointError,
     ConfigError,
@@ -39,7 +41,6 @@ from bertrec.runtime.manifest import (
     write_manifest,
 )
 from bertrec.runtime.texts import default_sentences
-from numpy.typing import NDArray
 
 from .architectures import ARCHITECTURES
 from .sources import SourceInfo, resolve_source
@@ -223,7 +224,7 @@ def _pooled_module(model: Any, pooling: str, normalize: bool, with_types: bool) 
             attention_mask: torch.Tensor,
             token_type_ids: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
             if with_types:
                 kwargs["token_type_ids"] = token_type_ids
             hidden = self.model(**kwargs)[0]

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import NDArray
+
 from bertrec.runtime.errors import ConfigError, InputValueError, ValidationFailedError
 from bertrec.runtime.fidelity import fidelity
 from bertrec.runtime.manifest import (
@@ -37,7 +39,6 @@ from bertrec.runtime.manifest import (
     write_manifest,
 )
 from bertrec.runtime.texts import default_sentences
-from numpy.typing import NDArray
 
 from .graph import is_quantized, quantize_embedding_rows, store_matmul_weights_fp16
 
@@ -212,7 +213,7 @@ def add_variant(
         else:
             variant = None
             for step, keep in enumerate(FALLBACK_LADDER):
-                recipe = _quantize_int8(src, tmp, keep)
+                recipe = {**_quantize_int8(src, tmp, keep), "fallback_steps": step}
                 candidate, figures = _check(
                     root, manifest, precision, tmp, recipe, texts, fp32_calib
                 )
@@ -234,7 +235,6 @@ def add_variant(
                             "kept %s in fp32 to pass it",
                             ", ".join(keep),
                         )
-                    recipe["fallback_steps"] = step
                     variant = candidate
                     break
             if variant is None:

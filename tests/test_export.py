@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_checkpoint
 
 import bertrec
 from bertrec.export import export_model, parse_precisions, supported_architectures
 from bertrec.runtime.fidelity import fidelity
 from bertrec.runtime.manifest import read_manifest
+
+from conftest import build_tiny_checkpoint
 
 
 def _no_leftovers(parent: Path) -> None:
@@ -38,9 +39,7 @@ def _torch_mean_pool(ckpt: Path, texts: list[str], max_length: int) -> np.ndarra
 
 
 @pytest.mark.parametrize("model_type", supported_architectures())
-def test_every_architecture_exports_and_matches_pytorch(
-    model_type: str, tmp_path: Path
-) -> None:
+def test_every_architecture_exports_and_matches_pytorch(model_type: str, tmp_path: Path) -> None:
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt", model_type)
     out = export_model(ckpt, tmp_path / "out", precision="fp32")
     m = read_manifest(out)
