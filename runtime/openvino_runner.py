@@ -1,0 +1,123 @@
+"""OpenVINO backend: the model directory's fp32 ONNX file compiled for the CPU, in bf16
+where the CPU has bf16 instructions (AMX or AVX512-BF16), f32 elsewhere.
+
+bertrec uses only ``openvino.Core`` (read_model / compile_model). OpenVINO's usage
+statistics live in ``openvino.tools.ovc`` and ``openvino_telemetry``, which the model
+converter calls; bertrec never imports either, so nothing is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError, ProviderError
+from .manifest import Manifest, verify_variant
+
+log = logging.getLogger("bertrec.runtime")
+
+BF16_MIN_COS = 0.9999
+
+
+def openvino_importable() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when OpenVINO reports native bf16 on this CPU (AMX-BF16 or AVX512-BF16)."""
+    if not openvino_importable():
+        return False
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bertrec" / "openvino"
+
+
+class OpenVinoRunner:
+    """Runs padded batches through an OpenVINO compiled model, one infer request a thread."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, precision: str, threads: int) -> None:
+        if not openvino_importable():
+            raise ProviderError(
+                "backend='openvino' needs OpenVINO: pip install 'bertrec[openvino]'"
+            )
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(
+                f"the OpenVINO backend runs bf16 or fp32 (from model.fp32.onnx), not "
+                f"{precision!r}; use backend='onnxruntime' for int8/fp16"
+            )
+        if precision == "bf16" and not cpu_has_bf16():
+            raise ConfigError(
+                "precision='bf16' asked for, but this CPU has no bf16 instructions "
+                "(AMX-BF16 or AVX512-BF16); use precision='fp32'"
+            )
+        if "fp32" not in manifest.variants:
+            raise ConfigError(f"{str(model_dir)!r} has no fp32 variant for OpenVINO to read")
+        variant = manifest.variants["fp32"]
+        path = verify_variant(model_dir, variant)
+        self.precision = "bf16" if precision == "auto" and cpu_has_bf16() else precision
+        if self.precision == "auto":
+            self.precision = "fp32"
+        self.threads = threads
+        self.device = "cpu"
+        self.providers = ["OpenVINO CPU"]
+        self.io_binding = True  # outputs go to preallocated per-thread tensors
+        self.dim = manifest.dim
+        core = _core()
+        # Compiled blobs are cached per model file, so the second start skips compilation.
+        cache = cache_root() / variant.sha256[:16]
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        except OSError as exc:
+            log.warning("OpenVINO model cache disabled (%s)", exc)
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.input_names = tuple(p.any_name for p in self.compiled.inputs)
+        self._output = self.compiled.output(0)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+        """Embeddings of one padded batch, written into a per-thread preallocated buffer
+        that the next call on this thread overwrites: copy it out."""
+        import openvino as ov
+
+        local = self._local
+        if getattr(local, "request", None) is None:
+            with self._lock:  # creating requests is not documented as thread-safe
+                local.request = self.compiled.create_infer_request()
+            local.buffer = np.empty((0, self.dim), dtype=np.float32)
+        n = len(feeds["input_ids"])
+        if len(local.buffer) < n:
+            local.buffer = np.empty((max(n, 2 * len(local.buffer)), self.dim), dtype=np.float32)
+        out = local.buffer[:n]
+        req = local.request
+        req.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
+        req.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
+        return out
