@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[export,bench,test,ray]'
+	$(BIN)/pip install -q -e '.[export,bench,test,openvino,batch,ray]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
