@@ -26,6 +26,7 @@ from bertrec.runtime.errors import (
     ConfigError,
     OutputExistsError,
     OutputNotWritableError,
+    UnsupportedModelError,
     ValidationFailedError,
 )
 from bertrec.runtime.fidelity import fidelity
@@ -110,6 +111,8 @@ def export_model(
     if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= 21:
         raise ConfigError(f"opset must be an int from 14 to 21, got {opset!r}")
     info = resolve_source(source)
+    if pooling is None and info.pooling_error:
+        raise UnsupportedModelError(info.pooling_error)
     limit = info.position_limit
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:

@@ -35,6 +35,8 @@ class SourceInfo:
     pooling: str | None
     normalize: bool | None
     max_length: int | None
+    # Why the source's own pooling cannot be used (raised unless pooling is given).
+    pooling_error: str | None = None
 
     @property
     def position_limit(self) -> int:
@@ -52,6 +54,11 @@ def _read_json(path: Path) -> Any:
 
 
 def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
+    """The one pooling mode a sentence-transformers Pooling config asks for.
+
+    Raises:
+        UnsupportedModelError: a mode bertrec cannot put in the graph, or several.
+    """
     mode = cfg.get("pooling_mode")  # newer sentence-transformers: one string
     if isinstance(mode, str):
         mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
@@ -100,22 +107,28 @@ def _max_seq_length(hf_dir: Path) -> int | None:
     return None
 
 
-def _resolve_local(root: Path) -> tuple[Path, str | None, bool | None, int | None]:
+def _resolve_local(
+    root: Path,
+) -> tuple[Path, str | None, bool | None, int | None, str | None]:
     """HF directory plus pooling / normalize / max length read from sentence-transformers files."""
     modules_file = root / "modules.json"
     if not modules_file.is_file():
-        return root, None, None, _max_seq_length(root)
+        return root, None, None, _max_seq_length(root), None
     modules = _read_json(modules_file)
     if not isinstance(modules, list):
         raise CheckpointError(f"{str(modules_file)!r} is not a list of modules")
     hf_dir, pooling, normalize = root, None, False
+    pooling_error: str | None = None
     for m in modules:
         kind = str(m.get("type", "")).rsplit(".", 1)[-1] if isinstance(m, dict) else ""
         sub = root / str(m.get("path", "")) if isinstance(m, dict) else root
         if kind == _ST_TRANSFORMER:
             hf_dir = sub
         elif kind == _ST_POOLING:
-            pooling = _st_pooling(_read_json(sub / "config.json"), sub)
+            try:
+                pooling = _st_pooling(_read_json(sub / "config.json"), sub)
+            except UnsupportedModelError as exc:
+                pooling_error = str(exc)  # fatal only if the caller does not pick a pooling
         elif kind == _ST_NORMALIZE:
             normalize = True
         else:
@@ -123,7 +136,7 @@ def _resolve_local(root: Path) -> tuple[Path, str | None, bool | None, int | Non
                 f"sentence-transformers module {kind!r} in {str(modules_file)!r} is not supported "
                 "(bertrec exports Transformer + Pooling + optional Normalize)"
             )
-    return hf_dir, pooling, normalize, _max_seq_length(hf_dir)
+    return hf_dir, pooling, normalize, _max_seq_length(hf_dir), pooling_error
 
 
 def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
@@ -145,7 +158,7 @@ def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
         root = _download(str(source))
     if not root.is_dir():
         raise ModelNotFoundError(f"source {str(source)!r} is not a directory")
-    hf_dir, pooling, normalize, max_length = _resolve_local(root)
+    hf_dir, pooling, normalize, max_length, pooling_error = _resolve_local(root)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise ModelNotFoundError(
@@ -158,7 +171,9 @@ def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
             f"architecture {model_type!r} of {str(source)!r} is not supported; bertrec exports "
             f"the BERT family: {', '.join(supported_architectures())}"
         )
-    return SourceInfo(str(source), hf_dir, model_type, config, pooling, normalize, max_length)
+    return SourceInfo(
+        str(source), hf_dir, model_type, config, pooling, normalize, max_length, pooling_error
+    )
 
 
 def _download(repo_id: str) -> Path:

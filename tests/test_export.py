@@ -100,6 +100,19 @@ def test_sentence_transformers_directory_pooling_is_read(
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_unsupported_sentence_transformers_pooling(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer, models
+
+    st_dir = tmp_path / "st"
+    word = models.Transformer(str(tiny_bert_dir))
+    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode="weightedmean")
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(st_dir))
+    with pytest.raises(bertrec.UnsupportedModelError, match="weightedmean.*--pooling"):
+        export_model(st_dir, tmp_path / "out", precision="fp32")
+    out = export_model(st_dir, tmp_path / "out", precision="fp32", pooling="mean")
+    assert read_manifest(out).pooling == "mean"
+
+
 @pytest.mark.parametrize("pooling", ["max", "cls"])
 def test_explicit_pooling_and_no_normalize(
     tiny_bert_dir: Path, tmp_path: Path, pooling: str
