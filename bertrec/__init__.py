@@ -19,6 +19,7 @@ from bertrec.runtime.errors import (
     InputValueError,
     IntegrityError,
     ManifestError,
+    ModelMismatchError,
     ModelNotFoundError,
     OutputExistsError,
     OutputNotWritableError,
@@ -27,12 +28,16 @@ from bertrec.runtime.errors import (
     ValidationFailedError,
 )
 from bertrec.runtime.manifest import Manifest, Variant, read_manifest
+from bertrec.runtime.ranker import CosineRanker, TopK
+from bertrec.runtime.recommender import Recommender
 
 if TYPE_CHECKING:
     from bertrec.export.exporter import export_model
     from bertrec.quantize.quantizer import add_variant
+    from bertrec.runtime.batch import BatchResult, encode_dataset, recommend_dataset
 
 __all__ = [
+    "BatchResult",
     "BertrecError",
     "CheckpointError",
     "ConfigError",
@@ -51,8 +56,14 @@ __all__ = [
     "Variant",
     "__version__",
     "add_variant",
+    "encode_dataset",
     "export_model",
     "read_manifest",
+    "recommend_dataset",
+    "CosineRanker",
+    "ModelMismatchError",
+    "Recommender",
+    "TopK",
 ]
 
 
@@ -66,4 +77,9 @@ def __getattr__(name: str) -> Any:
         from bertrec.quantize.quantizer import add_variant
 
         return add_variant
+    if name in ("BatchResult", "encode_dataset", "recommend_dataset"):
+        # Batch jobs need pyarrow (an extra); Ray loads only inside a Ray job.
+        from bertrec.runtime import batch
+
+        return getattr(batch, name)
     raise AttributeError(f"module 'bertrec' has no attribute {name!r}")

@@ -74,6 +74,104 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(data_dir=args.data, model_dir=args.model, users=args.users)
 
 
+# -- batch jobs: bertrec.runtime.batch (pyarrow; Ray only with --ray) ---------------------
+
+
+def _encode_job(args: argparse.Namespace) -> int:
+    from bertrec.runtime.batch import encode_dataset
+
+    result = encode_dataset(
+        args.input,
+        args.output,
+        args.model,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        precision=args.precision,
+        device=args.device,
+        ray_address=args.ray,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        shard_rows=args.shard_rows,
+        progress=not args.no_progress,
+    )
+    print(result.summary())
+    return 0
+
+
+def _recommend_job(args: argparse.Namespace) -> int:
+    from bertrec.runtime.batch import recommend_dataset
+
+    result = recommend_dataset(
+        args.users,
+        args.output,
+        args.store,
+        k=args.k,
+        exclude_seen=args.exclude_seen,
+        user_column=args.user_column,
+        history_column=args.history_column,
+        ray_address=args.ray,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        shard_rows=args.shard_rows,
+        progress=not args.no_progress,
+    )
+    print(result.summary())
+    return 0
+
+
+def _add_batch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: a cluster address (auto, ray://HEAD:10001); with no address, "
+        "RAY_ADDRESS or a new local Ray. Put it after the positional arguments",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="Ray actors (default: CPUs)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per Ray actor")
+    parser.add_argument("--shard-rows", type=int, default=4096, help="rows per shard")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_batch_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "encode",
+        help="embed a Parquet/CSV/JSONL file of texts into a folder of Parquet parts",
+        description="Resumable: rerun the same command after a crash to finish it.",
+    )
+    b.add_argument("input", help="file of texts: .parquet, .csv (with header) or .jsonl")
+    b.add_argument("output", help="output folder: part-NNNNN.parquet, _rejects/, _SUCCESS")
+    b.add_argument("--model", required=True, help="bertrec model directory")
+    b.add_argument("--text-column", default="text")
+    b.add_argument("--id-column", default="id")
+    b.add_argument("--precision", default="auto", help="fp32, int8, fp16, bf16 or auto")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    _add_batch_options(b)
+    b.set_defaults(func=_encode_job)
+
+    r = sub.add_parser(
+        "recommend-batch",
+        help="top-k items for every user of a Parquet/JSONL file of histories",
+        description="Users file: one row per user with a user id and a list of item ids.",
+    )
+    r.add_argument("users", help="users file: .parquet or .jsonl")
+    r.add_argument("output", help="output folder: part-NNNNN.parquet, _rejects/, _SUCCESS")
+    r.add_argument("--store", required=True, help="directory written by Recommender.save")
+    r.add_argument("--k", type=int, default=10, help="items per user")
+    r.add_argument("--user-column", default="user_id")
+    r.add_argument("--history-column", default="history")
+    r.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave out items already in the history",
+    )
+    _add_batch_options(r)
+    r.set_defaults(func=_recommend_job)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bertrec", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -107,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="model directory (default: cached export)")
     d.add_argument("--users", type=int, default=3, help="users to show")
     d.set_defaults(func=_demo)
+    _add_batch_parsers(sub)
     return p
 
 

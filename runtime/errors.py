@@ -58,3 +58,7 @@ class CheckpointError(BertrecError, ValueError):
 
 class OutputNotWritableError(BertrecError, PermissionError):
     """The output location cannot be written (no permission, parent is a file, disk full)."""
+
+
+class ModelMismatchError(BertrecError, ValueError):
+    """Saved vectors were made by another model than the encoder they are loaded with."""

@@ -1,0 +1,231 @@
+"""The int8 recipes explored for quantize/, measured in one run: speed, size, fidelity.
+
+Each recipe is built from the same fp32 export; fidelity is against sentence-transformers
+PyTorch fp32 on real item texts that are not the calibration set; speed is interleaved
+against sentence-transformers fp32 at its best batch size. Rewrites the table in
+quantize/README.md. ``python -m bench.int8_frontier [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import bertrec
+from bench.common import bench_model_dir, machine_info, minilm_source, text_mix, write_record
+from bench.int8_smoothing import activation_absmax, smooth_matmuls
+from bertrec.quantize.graph import quantize_embedding_rows, store_matmul_weights_fp16
+from bertrec.quantize.quantizer import matmul_groups
+from bertrec.runtime.fidelity import fidelity
+from bertrec.runtime.manifest import read_manifest, sha256_file, write_manifest
+from bertrec.runtime.texts import default_sentences
+
+README = Path(__file__).resolve().parents[1] / "quantize" / "README.md"
+START, END = "<!-- frontier:start -->", "<!-- frontier:end -->"
+
+
+@dataclass(frozen=True)
+class Settings:
+    texts: int = 1024
+    repeats: int = 3
+    budget: int = 1024
+    st_batch_sizes: tuple[int, ...] = (8, 16, 32)
+
+
+def _dynamic(
+    src: Path,
+    dst: Path,
+    exclude: list[str],
+    per_channel: bool = True,
+    ops: tuple[str, ...] = ("MatMul",),
+) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(ops),
+        nodes_to_exclude=exclude,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def _post(dst: Path, fp16_names: list[str], emb_rows: bool) -> None:
+    m = onnx.load(str(dst))
+    if emb_rows:
+        quantize_embedding_rows(m)
+    store_matmul_weights_fp16(m, set(fp16_names))
+    onnx.save(m, str(dst))
+
+
+def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
+    src = model_dir / "model.fp32.onnx"
+    groups = matmul_groups(onnx.load(str(src)))
+    down = groups["ffn_down"]
+
+    def smoothed(alpha: float) -> Callable[[Path], None]:
+        def build(dst: Path) -> None:
+            m = onnx.load(str(src))
+            inputs = [n.input[0] for n in m.graph.node if n.name in set(down)]
+            am = activation_absmax(
+                src,
+                model_dir / "tokenizer.json",
+                default_sentences(),
+                inputs,
+                read_manifest(model_dir).max_length,
+            )
+            smooth_matmuls(m, set(down), am, alpha)
+            tmp = dst.with_suffix(".smooth.onnx")
+            onnx.save(m, str(tmp))
+            _dynamic(tmp, dst, [])
+            _post(dst, [], True)
+
+        return build
+
+    return {
+        "per-tensor weights, all MatMuls + Gather": lambda d: _dynamic(
+            src, d, [], per_channel=False, ops=("MatMul", "Gather")
+        ),
+        "per-channel, all MatMuls": lambda d: (_dynamic(src, d, []), _post(d, [], True)),
+        "per-channel, layers 0-1 FFN down in fp32": lambda d: (
+            _dynamic(src, d, down[:2]),
+            _post(d, down[:2], True),
+        ),
+        "per-channel, all FFN down in fp32 (bertrec default)": lambda d: (
+            _dynamic(src, d, down),
+            _post(d, down, True),
+        ),
+        "per-channel, FFN down smoothed (alpha 0.5)": smoothed(0.5),
+        "per-channel, FFN down smoothed (alpha 0.7)": smoothed(0.7),
+    }
+
+
+def _with_variant(model_dir: Path, work: Path, name: str, build: Callable[[Path], None]) -> Path:
+    d = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    d.mkdir()
+    shutil.copy2(model_dir / "tokenizer.json", d / "tokenizer.json")
+    shutil.copy2(model_dir / "model.fp32.onnx", d / "model.fp32.onnx")
+    build(d / "model.int8.onnx")
+    m = read_manifest(model_dir)
+    v = bertrec.Variant(
+        "int8",
+        "model.int8.onnx",
+        sha256_file(d / "model.int8.onnx"),
+        (d / "model.int8.onnx").stat().st_size,
+    )
+    write_manifest(
+        d, bertrec.Manifest(**{**m.__dict__, "variants": {"fp32": m.variants["fp32"], "int8": v}})
+    )
+    return d
+
+
+def run(s: Settings) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    threads = len(__import__("os").sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    texts = text_mix(s.texts)
+    model_dir = bench_model_dir()
+    st = SentenceTransformer(str(minilm_source()), device="cpu")
+    reference = st.encode(texts, normalize_embeddings=True, batch_size=32)
+    fp32_size = (model_dir / "model.fp32.onnx").stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        encoders = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for name, build in recipes(model_dir).items():
+            d = _with_variant(model_dir, Path(tmp), name, build)
+            enc = bertrec.Encoder(
+                d,
+                precision="int8",
+                device="cpu",
+                backend="onnxruntime",
+                max_batch_tokens=s.budget,
+                threads=threads,
+            )
+            encoders[name] = enc
+            rows[name] = {
+                "recipe": name,
+                **fidelity(enc.encode(texts), reference),
+                "size_ratio": (d / "model.int8.onnx").stat().st_size / fp32_size,
+            }
+        runs: dict[str, Callable[[], object]] = {
+            n: (lambda e=e: e.encode(texts)) for n, e in encoders.items()
+        }
+        for bs in s.st_batch_sizes:
+            runs[f"st-torch-fp32 bs{bs}"] = lambda bs=bs: st.encode(texts, batch_size=bs)
+        for f in runs.values():
+            f()  # warm-up
+        times: dict[str, list[float]] = {n: [] for n in runs}
+        for _ in range(s.repeats):
+            for n, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                times[n].append(time.perf_counter() - t0)
+    speed = {n: len(texts) / statistics.median(t) for n, t in times.items()}
+    st_best = max(v for n, v in speed.items() if n.startswith("st-torch"))
+    for n, row in rows.items():
+        row["sentences_per_s"] = speed[n]
+        row["ratio_to_st_fp32"] = speed[n] / st_best
+    return {
+        "settings": asdict(s),
+        "machine": machine_info(),
+        "st_fp32_best": st_best,
+        "st_fp32": {n: v for n, v in speed.items() if n.startswith("st-")},
+        "rows": list(rows.values()),
+    }
+
+
+def table(record: dict[str, Any]) -> str:
+    lines = [
+        f"Measured by `python -m bench.int8_frontier` on {record['machine'].get('cpu', '?')} "
+        f"({record['settings']['texts']} real item texts, {len(default_sentences())} calibration "
+        "sentences not among them); cosine vs sentence-transformers PyTorch fp32; speed at a "
+        f"{record['settings']['budget']}-token budget, ratio to sentence-transformers fp32 at "
+        f"its best batch size ({record['st_fp32_best']:.0f} sentences/s), same run.",
+        "",
+        "| recipe | sentences/s | × ST fp32 | mean cos | 1st-pct cos | min cos | size vs fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['recipe']} | {r['sentences_per_s']:.0f} | {r['ratio_to_st_fp32']:.2f} | "
+            f"{r['mean_cos']:.4f} | {r['p1_cos']:.4f} | {r['min_cos']:.4f} | "
+            f"{r['size_ratio']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small run for CI smoke")
+    args = p.parse_args()
+    s = Settings(texts=64, repeats=1, st_batch_sizes=(16,)) if args.quick else Settings()
+    record = run(s)
+    path = write_record("int8-frontier", record, quick=args.quick)
+    text = table(record)
+    print(text)
+    print(f"record: {path}")
+    if not args.quick and README.is_file():
+        doc = README.read_text(encoding="utf-8")
+        if START in doc and END in doc:
+            head, rest = doc.split(START, 1)
+            README.write_text(
+                head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1], encoding="utf-8"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Plots and the README's results section, from the latest JSON record of each kind.
+
+``python -m bench.report`` reads bench/results/ (throughput-*, scorer-*, recsys-*,
+int8-frontier-*, batching-*, ray-*; any kind may be missing), draws PNGs into
+bench/results/plots/ and rewrites README.md between ``<!-- results:start -->`` and
+``<!-- results:end -->`` (and nothing else; without the markers it prints the section).
+``--quick`` (CI smoke) also accepts quick records and writes plots and the section into
+a temp dir, never into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
+
+README = REPO / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+KINDS = ("throughput", "int8-frontier", "batching", "scorer", "recsys", "ray")
+REGENERATE = "python -m bench.throughput && python -m bench.report"
+
+
+def _fmt(x: Any, spec: str = ".0f") -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "–" if x is None else str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return "–"
+    return format(x, spec)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _when(rec: dict[str, Any]) -> str:
+    """``20261128T040343Z`` as ``2026-11-28 04:03 UTC``."""
+    w = str(rec.get("written_utc", ""))
+    if len(w) >= 13 and w[8] == "T":
+        return f"{w[:4]}-{w[4:6]}-{w[6:8]} {w[9:11]}:{w[11:13]} UTC"
+    return w or "?"
+
+
+def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# -- throughput -----------------------------------------------------------------------------
+
+
+def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
+    lines = [
+        "### Encode throughput",
+        "",
+        f"`python -m bench.throughput`, record `{src}` ({_when(rec)}, "
+        f"full run {_fmt(rec.get('elapsed_s'))} s). Machine: {machine_line(rec['machine'])}. "
+        f"Threads: {rec['threads'].get('torch_intra_op')} for every system "
+        "(torch = ONNX Runtime intra-op = OpenVINO).",
+    ]
+    load = rec["machine"].get("loadavg_at_start")
+    if load:
+        lines[-1] += (
+            f" Load average at start {load[0]}, at end {(rec.get('loadavg_at_end') or ['?'])[0]}"
+            " (other work on the machine lowers the figures; `cpu_util` in the record shows it)."
+        )
+    mix = rec.get("text_mix", {})
+    by = mix.get("by_source", {})
+    for name, shape in rec["shapes"].items():
+        s = shape["settings"]
+        lines += ["", f"**{name}** ({_shape_title(name)})", ""]
+        if name == "minilm":
+            lines.append(
+                f"{s['texts']} texts: {by.get('item_text', '?')} MovieLens item texts (title, "
+                f"genres, tags), {by.get('title', '?')} titles, {by.get('paragraph', '?')} "
+                f"stdlib docstring paragraphs (40-150 words); mean {shape['mean_tokens']:.1f} "
+                f"tokens (max_length {shape['max_length']}). Best setting from a sweep on the "
+                f"first {s['sweep_texts']} texts; throughput is the median of "
+                f"{rec['settings']['repeats']} interleaved runs on the first "
+                f"{s.get('time_texts', s['texts'])} texts (mean "
+                f"{shape.get('mean_tokens_timed', shape['mean_tokens']):.1f} tokens); cosine vs "
+                f"sentence-transformers PyTorch fp32 at batch {rec['settings']['common_batch']} "
+                f"on all {s['texts']}."
+            )
+        else:
+            lines.append(
+                f"Random weights, throughput only: first {s.get('time_texts', s['texts'])} texts "
+                f"of the same mix, mean {shape.get('mean_tokens_timed', shape['mean_tokens']):.1f}"
+                f" tokens; medians of {rec['settings']['repeats']} interleaved runs."
+            )
+        lines.append("")
+        header = ["system", "best setting", "sentences/s", "tokens/s", "× ST fp32", "bs 32 /s",
+                  "× ST fp32 @32"]  # fmt: skip
+        if s.get("latency_texts"):
+            header += ["p50 / p99 ms (batch 1)"]
+        if s.get("fidelity"):
+            header += ["mean cos", "p1 cos", "min cos"]
+        rows, notes = [], []
+        for sys_name, e in shape["systems"].items():
+            if "best" not in e and "common" not in e:
+                notes.append(
+                    f"- `{sys_name}` did not run ({e.get('stage', '?')}): {e.get('error')}"
+                )
+                continue
+            best, common = e.get("best", {}), e.get("common", {})
+            row = [
+                f"{e['label']}",
+                best.get("config", "–"),
+                _fmt(best.get("sentences_per_s")),
+                _fmt(best.get("tokens_per_s")),
+                _fmt(e.get("ratio_best_to_st_fp32"), ".2f"),
+                _fmt(common.get("sentences_per_s")),
+                _fmt(e.get("ratio_common_to_st_fp32"), ".2f"),
+            ]
+            if s.get("latency_texts"):
+                lat = e.get("latency_batch1", {})
+                row.append(f"{_fmt(lat.get('p50_ms'), '.1f')} / {_fmt(lat.get('p99_ms'), '.1f')}")
+            if s.get("fidelity"):
+                fid = e.get("fidelity", {})
+                row += [
+                    _fmt(fid.get("mean_cos"), ".5f"),
+                    _fmt(fid.get("p1_cos"), ".4f"),
+                    _fmt(fid.get("min_cos"), ".4f"),
+                ]
+            rows.append(row)
+            if e.get("status") == "failed":
+                notes.append(f"- `{sys_name}` stopped during {e.get('stage')}: {e.get('error')}")
+            info = e.get("info", {})
+            if sys_name == "bertrec-auto":
+                notes.append(
+                    f"- `bertrec-auto` is `Encoder(model_dir)` with no arguments: it chose "
+                    f"{info.get('backend')} {info.get('precision')} ({info.get('backend_reason')})"
+                    f", max_batch_tokens {info.get('default_max_batch_tokens')}."
+                )
+            if info.get("int8_export_refused") and sys_name == "bertrec-ort-fp32":
+                notes.append(f"- bertrec int8 export refused: {info['int8_export_refused']}")
+        lines += _md_table(header, rows)
+        if notes:
+            lines += ["", *notes]
+    return lines
+
+
+def _shape_title(name: str) -> str:
+    return {
+        "minilm": "all-MiniLM-L6-v2, 6 layers, 384 hidden",
+        "bert-base": "bert-base-sized BertConfig, 12 layers, 768 hidden, random weights",
+    }.get(name, name)
+
+
+def plot_throughput(rec: dict[str, Any], plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = []
+    for name, shape in rec["shapes"].items():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        for sys_name, e in shape["systems"].items():
+            rows = [f for f in e.get("sweep", []) if f.get("batch_size")]
+            pts = sorted((f["batch_size"], f["sentences_per_s"]) for f in rows)
+            lat = e.get("latency_batch1")
+            if lat and lat.get("sentences_per_s"):
+                pts = [(1, lat["sentences_per_s"]), *pts]
+            if pts:
+                left.plot(*_xy(pts), marker="o", label=e.get("label", sys_name))
+            budget = sorted(
+                (f["max_batch_tokens"], f["sentences_per_s"])
+                for f in e.get("sweep", [])
+                if f.get("max_batch_tokens") and not f.get("batch_size")
+            )
+            if budget:
+                right.plot(*_xy(budget), marker="s", label=e.get("label", sys_name))
+        sweep_n = shape["settings"]["sweep_texts"]
+        left.set(
+            xscale="log",
+            xlabel="rows per batch (batch 1: one text per call)",
+            ylabel="sentences/s",
+            title=f"{name}: throughput vs batch size (sweep, {sweep_n} texts)",
+        )
+        left.set_xscale("log", base=2)
+        right.set(
+            xlabel="bertrec max_batch_tokens (padded tokens per batch)",
+            ylabel="sentences/s",
+            title=f"{name}: bertrec token budget (sweep, {sweep_n} texts)",
+        )
+        right.set_xscale("log", base=2)
+        for ax in (left, right):
+            xs = sorted({x for line in ax.lines for x in line.get_xdata()})
+            if xs:
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.grid(True, alpha=0.3)
+            ax.set_ylim(bottom=0)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plots / f"throughput-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+# -- the other records ----------------------------------------------------------------------
+
+
+def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
+    lines = [
+        "### INT8 speed / accuracy frontier",
+        "",
+        f"`python -m bench.int8_frontier`, record `{src}`; sentences/s and × ST fp32 at its "
+        f"best batch size ({_fmt(rec.get('st_fp32_best'))} sentences/s), cosine vs ST fp32.",
+        "",
+    ]
+    rows = [
+        [
+            str(r.get("recipe")),
+            _fmt(r.get("sentences_per_s")),
+            _fmt(r.get("ratio_to_st_fp32"), ".2f"),
+            _fmt(r.get("mean_cos"), ".4f"),
+            _fmt(r.get("p1_cos"), ".4f"),
+            _fmt(r.get("min_cos"), ".4f"),
+            _fmt(r.get("size_ratio"), ".0%"),
+        ]
+        for r in rec.get("rows", [])
+    ]
+    header = ["recipe", "sentences/s", "× ST fp32", "mean cos", "p1 cos", "min cos", "size"]
+    return lines + _md_table(header, rows)
+
+
+def plot_frontier(rec: dict[str, Any], plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rec.get("rows", []) if "sentences_per_s" in r and "min_cos" in r]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        ax.scatter(r["sentences_per_s"], r["min_cos"], marker="o")
+        ax.scatter(r["sentences_per_s"], r.get("mean_cos", r["min_cos"]), marker="x", c="gray")
+        ax.annotate(str(r.get("recipe")), (r["sentences_per_s"], r["min_cos"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set(xlabel="sentences/s", ylabel="cosine vs ST fp32 (o: min, x: mean)",
+           title="int8 recipes: speed vs accuracy")  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = plots / "int8-frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def batching_section(rec: dict[str, Any], src: str) -> list[str]:
+    s = rec.get("settings", {})
+    lines = [
+        "### Token-budget batching",
+        "",
+        f"`python -m bench.batching`, record `{src}`: {s.get('texts')} texts, "
+        f"{s.get('backend')} {s.get('precision')}, mean {_fmt(rec.get('mean_tokens'), '.1f')} "
+        f"tokens. Best budget: {rec.get('best_budget')}; "
+        f"{_fmt(rec.get('budget_vs_best_fixed'), '.2f')}× the best fixed batch size.",
+        "",
+    ]
+    rows = [
+        [str(r.get("config")), _fmt(r.get("sentences_per_s")), _fmt(r.get("tokens_per_s"))]
+        for r in rec.get("rows", [])
+    ]
+    return lines + _md_table(["setting", "sentences/s", "tokens/s"], rows)
+
+
+def scorer_section(rec: dict[str, Any], src: str) -> list[str]:
+    lines = ["### Ranking (top-k cosine)", "", f"`python -m bench.scorer`, record `{src}`.", ""]
+    rows = []
+    for r in rec.get("results", []):
+        m = r.get("median_s", {})
+        rows.append(
+            [
+                f"{r.get('n', 0):,}",
+                str(r.get("queries")),
+                _fmt(m.get("bertrec", math.nan) * 1e3, ".2f"),
+                _fmt(m.get("faiss_flatip", math.nan) * 1e3, ".2f"),
+                _fmt(m.get("naive_sort", math.nan) * 1e3, ".2f"),
+                _fmt(r.get("speedup_vs_faiss"), ".2f"),
+                _fmt(r.get("agreement_with_faiss"), ".3f"),
+            ]
+        )
+    header = ["catalog", "queries", "bertrec ms", "faiss ms", "naive ms", "× faiss", "agree"]
+    return lines + _md_table(header, rows)
+
+
+def plot_scorer(rec: dict[str, Any], plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    results = rec.get("results", [])
+    if not results:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 5))
+    methods = sorted({m for r in results for m in r.get("median_s", {})})
+    for nq in sorted({r.get("queries") for r in results}):
+        for method in methods:
+            pts = sorted(
+                (r["n"], r["median_s"][method] * 1e3)
+                for r in results
+                if r.get("queries") == nq and method in r.get("median_s", {})
+            )
+            if pts:
+                ax.plot(*_xy(pts), marker="o", label=f"{method}, {nq} queries")
+    ax.set(xscale="log", yscale="log", xlabel="catalog size (items)", ylabel="ms per call",
+           title="top-k ranking time vs catalog size")  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots / "scorer.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def ray_section(rec: dict[str, Any], src: str) -> list[str]:
+    lines = [
+        "### Ray overhead",
+        "",
+        f"`python -m bench.ray_overhead`, record `{src}`: ray.init "
+        f"{_fmt(rec.get('ray_init_s'), '.1f')} s.",
+        "",
+    ]
+    rows = [
+        [
+            str(r.get("engine")),
+            str(r.get("workers")),
+            str(r.get("threads_per_worker")),
+            _fmt(r.get("rows")),
+            _fmt(r.get("rows_per_s")),
+        ]
+        for r in rec.get("rows", [])
+    ]
+    return lines + _md_table(["engine", "workers", "threads", "rows", "rows/s"], rows)
+
+
+def generic_section(kind: str, rec: dict[str, Any], src: str) -> list[str]:
+    """Key figures of a record whose layout this report does not know: its top-level
+    numbers and the numeric columns of its first list of rows."""
+    skip = {"machine", "versions", "settings", "threads", "written_utc", "kind", "quick"}
+    figures = [
+        f"{k}: {_fmt(v, '.4g')}"
+        for k, v in rec.items()
+        if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    lines = [f"### {kind}", "", f"record `{src}`" + (f": {'; '.join(figures)}" if figures else "")]
+    table = next(
+        (v for k, v in rec.items() if k not in skip and isinstance(v, list) and v
+         and all(isinstance(r, dict) for r in v)), None)  # fmt: skip
+    if table:
+        cols = [
+            k for k in table[0]
+            if isinstance(table[0][k], (int, float, str)) and not isinstance(table[0][k], bool)
+        ][:8]  # fmt: skip
+        rows = [[_fmt(r.get(c), ".4g") for c in cols] for r in table[:15]]
+        lines += ["", *_md_table(cols, rows)]
+    return lines
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
+    "throughput": throughput_section,
+    "int8-frontier": frontier_section,
+    "batching": batching_section,
+    "scorer": scorer_section,
+    "ray": ray_section,
+}
+PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
+    "throughput": plot_throughput,
+    "int8-frontier": plot_frontier,
+    "scorer": plot_scorer,
+}
+COMMANDS = {
+    "throughput": "python -m bench.throughput",
+    "int8-frontier": "python -m bench.int8_frontier",
+    "batching": "python -m bench.batching",
+    "scorer": "python -m bench.scorer",
+    "recsys": "python -m bench.recsys_eval",
+    "ray": "python -m bench.ray_overhead",
+}
+
+
+def build(results: Path, plots: Path, link_base: Path, quick: bool) -> tuple[str, list[Path]]:
+    """The results section (markdown) and the plots written for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots.mkdir(parents=True, exist_ok=True)
+    body: list[str] = []
+    written: list[Path] = []
+    missing = []
+    for kind in KINDS:
+        found = latest_record(kind, results, include_quick=quick)
+        if found is None:
+            missing.append(kind)
+            continue
+        path, rec = found
+        src = _rel(path, link_base)
+        try:
+            section = SECTIONS.get(kind, lambda r, s, k=kind: generic_section(k, r, s))(rec, src)
+        except Exception as exc:  # a record from another script version: say so, go on
+            section = [f"### {kind}", "", f"record `{src}` could not be summarised: {exc!r}"]
+        try:
+            made = PLOTS[kind](rec, plots) if kind in PLOTS else []
+        except Exception as exc:
+            made = []
+            section += ["", f"(plot failed: {exc!r})"]
+        written += made
+        body += [*section, ""]
+        body += [f"![{p.stem}]({_rel(p, link_base)})" for p in made]
+        if made:
+            body.append("")
+    if missing:
+        body.append(
+            "Not yet recorded: " + ", ".join(f"{k} (`{COMMANDS[k]}`)" for k in missing) + "."
+        )
+        body.append("")
+    body.append(f"Regenerate with `{REGENERATE}`.")
+    return "\n".join(body).strip() + "\n", written
+
+
+def rewrite_readme(readme: Path, section: str) -> bool:
+    """Replace what lies between the markers; False (nothing written) without them."""
+    if not readme.is_file():
+        return False
+    doc = readme.read_text(encoding="utf-8")
+    if START not in doc or END not in doc or doc.index(START) > doc.index(END):
+        return False
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{section}{END}{tail}"
+    if new != doc:
+        readme.write_text(new, encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="CI smoke: temp dir, README untouched")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the records are")
+    args = p.parse_args(argv)
+    if args.quick:
+        out = Path(tempfile.mkdtemp(prefix="bertrec-report-"))
+        section, plots = build(args.results, out / "plots", out, quick=True)
+        (out / "results-section.md").write_text(section, encoding="utf-8")
+        print(section)
+        print(f"quick report: {out} ({len(plots)} plots); README.md left alone")
+        return 0
+    section, plots = build(args.results, args.results / "plots", REPO, quick=False)
+    if rewrite_readme(README, section):
+        print(f"README.md results section rewritten ({len(plots)} plots in "
+              f"{_rel(args.results / 'plots', REPO)})")  # fmt: skip
+    else:
+        print(f"README.md has no {START} / {END} markers; the section:\n")
+        print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
