@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 import bertrec
-from bench.common import bench_model_dir, machine_info, minilm_source, text_mix, write_record
+from bench.common import bench_model_dir, load_text_mix, machine_info, minilm_source, write_record
 from bench.int8_smoothing import activation_absmax, smooth_matmuls
 from bertrec.quantize.graph import quantize_embedding_rows, store_matmul_weights_fp16
 from bertrec.quantize.quantizer import matmul_groups
@@ -137,7 +136,7 @@ def run(s: Settings) -> dict[str, Any]:
 
     threads = len(__import__("os").sched_getaffinity(0))
     torch.set_num_threads(threads)
-    texts = text_mix(s.texts)
+    texts = load_text_mix(s.texts).texts
     model_dir = bench_model_dir()
     st = SentenceTransformer(str(minilm_source()), device="cpu")
     reference = st.encode(texts, normalize_embeddings=True, batch_size=32)
@@ -208,13 +207,18 @@ def table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _quick_dir() -> Path:
+    """Smoke runs write their record to a temporary folder, never into bench/results."""
+    return Path(tempfile.mkdtemp(prefix="bertrec-bench-quick-"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
     args = p.parse_args()
     s = Settings(texts=64, repeats=1, st_batch_sizes=(16,)) if args.quick else Settings()
     record = run(s)
-    path = write_record("int8-frontier", record, quick=args.quick)
+    path = write_record("int8-frontier", record, results_dir=_quick_dir() if args.quick else None)
     text = table(record)
     print(text)
     print(f"record: {path}")

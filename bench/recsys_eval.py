@@ -1,7 +1,7 @@
 """Recommendation quality on MovieLens ml-latest-small: NDCG@10, Recall@10, intra-list
 diversity and coverage of ``bertrec.Recommender`` against the popularity baseline.
 
-    python -m bench.recsys_eval           # 610 users, the settings sweep, fp32, int8 (~15 min, 2 cores)
+    python -m bench.recsys_eval           # 610 users, the settings sweep, + int8 (~15 min)
     python -m bench.recsys_eval --quick   # 100 users, a few settings, fp32 only (< 2 min)
 
 Protocol (``bertrec.runtime.movielens``): per user, ratings sorted by time; the last 10

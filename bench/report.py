@@ -87,8 +87,9 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
                 f"{s['texts']} texts: {by.get('item_text', '?')} MovieLens item texts (title, "
                 f"genres, tags), {by.get('title', '?')} titles, {by.get('paragraph', '?')} "
                 f"stdlib docstring paragraphs (40-150 words); mean {shape['mean_tokens']:.1f} "
-                f"tokens (max_length {shape['max_length']}). Best setting from a sweep on the "
-                f"first {s['sweep_texts']} texts; throughput is the median of "
+                f"tokens (max_length {shape['max_length']}). Candidate setting from a sweep on "
+                f"the first {s['sweep_texts']} texts (faster of 2 interleaved runs); "
+                "best = the faster of that and batch 32, each the median of "
                 f"{rec['settings']['repeats']} interleaved runs on the first "
                 f"{s.get('time_texts', s['texts'])} texts (mean "
                 f"{shape.get('mean_tokens_timed', shape['mean_tokens']):.1f} tokens); cosine vs "
@@ -145,9 +146,21 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
                     f"{info.get('backend')} {info.get('precision')} ({info.get('backend_reason')})"
                     f", max_batch_tokens {info.get('default_max_batch_tokens')}."
                 )
+            if sys_name == "st-openvino" and info.get("INFERENCE_PRECISION_HINT"):
+                oi = info.get("versions", {}).get("optimum-intel", "?")
+                notes.append(
+                    f"- `st-openvino` (its own venv, optimum-intel {oi}) runs OpenVINO's "
+                    f"default inference precision on this CPU: {info.get('precision')}."
+                )
             if info.get("int8_export_refused") and sys_name == "bertrec-ort-fp32":
                 notes.append(f"- bertrec int8 export refused: {info['int8_export_refused']}")
         lines += _md_table(header, rows)
+        if name == "minilm":
+            notes.append(
+                "- Figures from one run on a shared 2-core VM: rows within about 10 % of each "
+                "other are within run-to-run spread (the `seconds` of every run are in the "
+                "record)."
+            )
         if notes:
             lines += ["", *notes]
     return lines
@@ -165,34 +178,52 @@ def plot_throughput(rec: dict[str, Any], plots: Path) -> list[Path]:
 
     out = []
     for name, shape in rec["shapes"].items():
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-        for sys_name, e in shape["systems"].items():
-            rows = [f for f in e.get("sweep", []) if f.get("batch_size")]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.2))
+        cmap = plt.get_cmap("tab20")
+        colors = [cmap(i) for i in range(20)]
+        for n, (sys_name, e) in enumerate(shape["systems"].items()):
+            # One colour per system in both panels; bertrec solid, the peers dashed.
+            style = {
+                "color": colors[(2 * n) % 20 if n < 10 else (2 * n + 1) % 20],
+                "linestyle": "-" if sys_name.startswith("bertrec") else "--",
+                "linewidth": 2.0 if sys_name.startswith("bertrec") else 1.3,
+                "label": e.get("label", sys_name),
+            }
+            # Sweep figures where there was a sweep; else the final runs' settings.
+            figs = e.get("sweep") or e.get("final", [])
+            rows = [f for f in figs if f.get("batch_size")]
             pts = sorted((f["batch_size"], f["sentences_per_s"]) for f in rows)
             lat = e.get("latency_batch1")
             if lat and lat.get("sentences_per_s"):
                 pts = [(1, lat["sentences_per_s"]), *pts]
             if pts:
-                left.plot(*_xy(pts), marker="o", label=e.get("label", sys_name))
+                left.plot(*_xy(pts), marker="o", **style)
             budget = sorted(
                 (f["max_batch_tokens"], f["sentences_per_s"])
-                for f in e.get("sweep", [])
+                for f in figs
                 if f.get("max_batch_tokens") and not f.get("batch_size")
             )
             if budget:
-                right.plot(*_xy(budget), marker="s", label=e.get("label", sys_name))
-        sweep_n = shape["settings"]["sweep_texts"]
+                right.plot(*_xy(budget), marker="s", **style)
+        st = shape["settings"]
+        swept = any(e.get("sweep") for e in shape["systems"].values())
+        what = (
+            f"sweep: {st['sweep_texts']} texts, best of 2"
+            if swept
+            else f"{st.get('time_texts', st['texts'])} texts, "
+            f"median of {rec['settings']['repeats']}"
+        )
         left.set(
             xscale="log",
             xlabel="rows per batch (batch 1: one text per call)",
             ylabel="sentences/s",
-            title=f"{name}: throughput vs batch size (sweep, {sweep_n} texts)",
+            title=f"{name}: throughput vs batch size ({what})",
         )
         left.set_xscale("log", base=2)
         right.set(
             xlabel="bertrec max_batch_tokens (padded tokens per batch)",
             ylabel="sentences/s",
-            title=f"{name}: bertrec token budget (sweep, {sweep_n} texts)",
+            title=f"{name}: bertrec token budget ({what})",
         )
         right.set_xscale("log", base=2)
         for ax in (left, right):
@@ -201,9 +232,9 @@ def plot_throughput(rec: dict[str, Any], plots: Path) -> list[Path]:
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.grid(True, alpha=0.3)
             ax.set_ylim(bottom=0)
-            if ax.lines:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
+        handles, labels = left.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.13, 1, 1))
         path = plots / f"throughput-{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -326,6 +357,36 @@ def plot_scorer(rec: dict[str, Any], plots: Path) -> list[Path]:
     return [path]
 
 
+def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
+    st = rec.get("settings", {})
+    lines = [
+        "### MovieLens recommendation quality",
+        "",
+        f"`python -m bench.recsys_eval`, record `{src}`: {st.get('users_evaluated')} users, "
+        f"last {st.get('n_test')} liked ratings held out, metrics @{st.get('k')} on the test "
+        "split.",
+        "",
+    ]
+    rows = [
+        [
+            str(name),
+            _fmt(m.get("ndcg"), ".4f"),
+            _fmt(m.get("recall"), ".4f"),
+            _fmt(m.get("diversity"), ".3f"),
+            _fmt(m.get("coverage"), ".3f"),
+            _fmt(m.get("vs_popularity"), ".3f"),
+        ]
+        for name, m in rec.get("test", {}).items()
+        if isinstance(m, dict)
+    ]
+    header = ["method", "NDCG", "recall", "diversity", "coverage", "NDCG × popularity"]
+    lines += _md_table(header, rows)
+    acc = rec.get("acceptance")
+    if isinstance(acc, dict) and acc:
+        lines += ["", "Acceptance: " + "; ".join(f"{k} {_fmt(v, '.4g')}" for k, v in acc.items())]
+    return lines
+
+
 def ray_section(rec: dict[str, Any], src: str) -> list[str]:
     lines = [
         "### Ray overhead",
@@ -375,6 +436,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "int8-frontier": frontier_section,
     "batching": batching_section,
     "scorer": scorer_section,
+    "recsys": recsys_section,
     "ray": ray_section,
 }
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {

@@ -1,11 +1,12 @@
 """Top-k scoring speed: bertrec ``CosineRanker`` against FAISS ``IndexFlatIP`` and a naive
 full-sort NumPy baseline, on the same unit-normalized float32 catalog.
 
-    python -m bench.scorer            # 100k and 1M x 384; 1, 64 and 1,024 queries (~5 min)
+    python -m bench.scorer            # 100k and 1M x 384; 1, 64 and 1,024 queries (~6 min)
     python -m bench.scorer --quick    # 20k x 384, fewer repeats (< 1 min)
 
 Methods run interleaved (a rotating order each repeat) after a warm-up, and the record
-keeps every sample and the medians. A JSON record goes to bench/results/scorer-<UTC>.json.
+keeps every sample and the medians. The naive baseline is timed on at most 32 queries and
+scaled linearly (its cost is per query). A JSON record goes to bench/results/scorer-<UTC>.json.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from numpy.typing import NDArray
 from bench.common import log, machine_info, machine_line, median, versions, write_record
 from bertrec.runtime.ranker import CosineRanker
 
-# The naive baseline sorts every score; at 1M items and 1,024 queries that is ~90 s a run,
+# The naive baseline sorts every score; at 1M items and 1,024 queries that is ~270 s a run,
 # so it is timed on at most this many queries and scaled linearly (it is per-query work).
-NAIVE_MAX_QUERIES = 128
+NAIVE_MAX_QUERIES = 32
 NAIVE_CHUNK = 16
 
 
@@ -39,6 +40,8 @@ class Settings:
     dim: int = 384
     k: int = 10
     repeats: int = 5
+    # One query takes milliseconds and its time swings with cache and load: more samples.
+    repeats_single: int = 25
     # Repeats for the longest cases (1,024 queries on 1M items run ~20 s per method).
     repeats_large: int = 2
     large_work: int = 200_000_000
@@ -66,10 +69,12 @@ def naive_topk(catalog: NDArray[np.float32], queries: NDArray[np.float32], k: in
     return np.concatenate(out)
 
 
-def time_interleaved(methods: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each method; one warm-up each, then rotating order."""
+def time_interleaved(
+    methods: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Seconds per call of each method; one warm-up each (if asked), then rotating order."""
     names = list(methods)
-    for name in names:
+    for name in names if warmup else ():
         methods[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -111,7 +116,11 @@ def run_case(
         methods["bare_gemv"] = lambda: catalog @ one
     work = len(catalog) * nq
     repeats = settings.repeats_large if work >= settings.large_work else settings.repeats
-    samples = time_interleaved(methods, repeats)
+    if nq == 1:
+        repeats = settings.repeats_single
+    # The largest cases run after smaller ones on the same catalog, which warmed the pages
+    # and thread pools already; a warm-up call of theirs would cost a minute and tell nothing.
+    samples = time_interleaved(methods, repeats, warmup=work < settings.large_work)
     med = {name: median(s) for name, s in samples.items()}
     if len(naive_q) < nq:
         med["naive_sort"] *= nq / len(naive_q)

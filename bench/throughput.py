@@ -8,11 +8,13 @@ Method (bench/README.md has the why of each choice):
   * one fixed text mix (bench.common.load_text_mix), the same texts for every system;
   * every system gets the same thread budget (torch threads = ORT intra-op threads =
     OpenVINO threads = the usable cores);
-  * sweep: each batch setting once on the first ``sweep_texts`` texts, after one warm-up
-    per system and setting, interleaved across systems (A B C ... A B C ...), to find
-    each system's best setting;
+  * sweep: each batch setting on the first ``sweep_texts`` texts, after one warm-up per
+    system and setting, interleaved across systems (A B C ... A B C ...), in two rounds
+    (settings forwards, then backwards; the faster run counts), to find each system's
+    best setting;
   * final: each system's best setting and the common batch size 32 on the first
-    ``time_texts`` texts, ``repeats`` times interleaved; the median is the figure;
+    ``time_texts`` texts, ``repeats`` times interleaved; the median is the figure, and the
+    faster of the two is the system's best;
   * latency: one text per call, p50/p90/p99, interleaved in blocks;
   * fidelity: each system's embeddings at batch 32 against sentence-transformers
     PyTorch fp32 (normalized) on the whole mix.
@@ -38,6 +40,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +131,7 @@ class Settings:
     shapes: tuple[ShapeSettings, ...]
     threads: int
     repeats: int = 3
+    sweep_rounds: int = 2
     common_batch: int = 32
     seed: int = 0
     quick: bool = False
@@ -137,8 +141,8 @@ class Settings:
 MINILM = ShapeSettings(
     name="minilm",
     texts=2048,
-    time_texts=1024,
-    sweep_texts=256,
+    time_texts=512,
+    sweep_texts=128,
     warmup_texts=16,
     systems=MINILM_SYSTEMS,
     batch_sizes=(8, 16, 32, 64),
@@ -148,14 +152,16 @@ MINILM = ShapeSettings(
 )
 BERT_BASE = ShapeSettings(
     name="bert-base",
-    # About 8x MiniLM's work per token: ST fp32 manages ~20 texts/s on 2 cores.
-    texts=128,
-    time_texts=128,
+    # About 8x MiniLM's work per token: ST fp32 manages ~20 texts/s on 2 cores. Two
+    # settings per system (batch 8 or bertrec's default budget, and batch 32) go straight
+    # to the final runs; there is nothing to sweep.
+    texts=96,
+    time_texts=96,
     sweep_texts=32,
     warmup_texts=8,
     systems=BERT_BASE_SYSTEMS,
     batch_sizes=(8, 32),
-    token_budgets=(1024, 4096),
+    token_budgets=(1024,),
     latency_texts=0,
     fidelity=False,
 )
@@ -178,7 +184,14 @@ def quick_settings(threads: int) -> Settings:
         token_budgets=(512, 2048),
         latency_texts=8,
     )
-    return Settings(shapes=(shape,), threads=threads, repeats=1, quick=True, build_peer_venv=False)
+    return Settings(
+        shapes=(shape,),
+        threads=threads,
+        repeats=1,
+        sweep_rounds=1,
+        quick=True,
+        build_peer_venv=False,
+    )
 
 
 # -- systems --------------------------------------------------------------------------------
@@ -410,8 +423,9 @@ def bert_base_checkpoint() -> Path:
     stamp = root / "checkpoint.stamp"
     if stamp.is_file() and stamp.read_text(encoding="utf-8") == BERT_BASE_STAMP:
         return out
+    import sentence_transformers.models as models
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     log(f"building the random bert-base checkpoint -> {out} ...")
@@ -680,8 +694,9 @@ def _plain_ort_system(
 
 def build_systems(
     shape: ShapeSettings, settings: Settings, source: Path
-) -> tuple[list[System], dict[str, dict[str, Any]]]:
-    """Every system of ``shape`` that could be built, and why the others could not."""
+) -> tuple[list[System], dict[str, dict[str, Any]], int]:
+    """Every system of ``shape`` that could be built, why the others could not, and the
+    token limit every system truncates to."""
     import torch
 
     from bertrec.runtime.openvino_runner import cpu_has_bf16
@@ -701,7 +716,15 @@ def build_systems(
             raise cache[key]
         return cache[key]
 
-    max_length = st_max_length(source)
+    # bertrec's manifest holds the limit its exporter resolved from the source (newer
+    # sentence-transformers configs no longer carry max_seq_length where old ones did).
+    try:
+        from bertrec.runtime.manifest import read_manifest
+
+        bertrec_dir = needs("bertrec", lambda: bertrec_model_dir(source, shape.name))[0]
+        max_length = read_manifest(bertrec_dir).max_length
+    except Exception:
+        max_length = st_max_length(source)
     ov_precision = "bf16" if cpu_has_bf16() else "fp32"
     builders: dict[str, Callable[[], System]] = {
         "bertrec-ort-fp32": lambda: _bertrec_system(
@@ -766,7 +789,7 @@ def build_systems(
         for s in systems:
             if s.name.startswith("bertrec"):
                 s.info["int8_export_refused"] = refused[1]
-    return systems, failed
+    return systems, failed, max_length
 
 
 def _int8_dir(model: tuple[Path, str | None]) -> Path:
@@ -849,21 +872,29 @@ class Bench:
     def run(self, systems: list[System]) -> None:
         self.systems = list(systems)
         for s in list(self.systems):
-            self._call(s, "prepare", lambda s=s: s.prepare(self.mix.texts[: self.shape.texts]))
+            self._call(s, "prepare", partial(s.prepare, self.mix.texts[: self.shape.texts]))
         t0 = time.perf_counter()
-        # Sweep: setting i of every system, then setting i+1 ...; one warm-up before each.
+        # Sweep: setting i of every system, then setting i+1 ...; one warm-up before each
+        # setting's first run. The second round goes through the settings backwards, and a
+        # setting's figure is its faster run: load from other processes that comes or goes
+        # during the sweep then cannot favour the settings that happened to run first.
         sweep_n = min(self.shape.sweep_texts, self.shape.texts)
-        for i in range(max((len(s.configs) for s in self.systems), default=0)):
-            for s in list(self.systems):
-                if len(s.configs) > 1 and i < len(s.configs):
-                    self.warm(s, s.configs[i])
-                    self._timed(s, "sweep", s.configs[i], sweep_n, keep=False)
-        log(f"  sweep done in {time.perf_counter() - t0:.0f}s")
+        k = max((len(s.configs) for s in self.systems), default=0)
+        for rnd in range(self.settings.sweep_rounds):
+            for i in range(k) if rnd % 2 == 0 else reversed(range(k)):
+                for s in list(self.systems):
+                    if self.swept(s) and i < len(s.configs):
+                        if rnd == 0:
+                            self.warm(s, s.configs[i])
+                        self._timed(s, "sweep", s.configs[i], sweep_n, keep=False)
+        if any(self.swept(s) for s in self.systems):
+            log(f"  sweep done in {time.perf_counter() - t0:.0f}s")
         t0 = time.perf_counter()
         finals = {s.name: self.final_configs(s) for s in self.systems}
         for s in list(self.systems):
-            if len(s.configs) == 1:  # not swept, so not warmed up yet
-                self.warm(s, s.configs[0])
+            if not self.swept(s):  # not warmed up yet
+                for cfg in finals[s.name]:
+                    self.warm(s, cfg)
         n_time = min(self.shape.time_texts, self.shape.texts)
         # When the timed runs cover the whole mix, the last one gives the fidelity rows.
         reuse = n_time == self.shape.texts
@@ -884,16 +915,24 @@ class Bench:
             self.latency()
             log(f"  latency done in {time.perf_counter() - t0:.0f}s")
 
+    @staticmethod
+    def swept(system: System) -> bool:
+        """Whether a system has more candidates than the final runs take anyway."""
+        return len([c for c in system.configs if c != system.common]) > 1
+
     def final_configs(self, system: System) -> list[Config]:
-        """The best sweep setting and the common one (once if they are the same)."""
+        """The best sweep setting and the common one (once if they are the same); every
+        setting when there was nothing to sweep."""
+        if not self.swept(system):
+            return list(dict.fromkeys([*system.configs, system.common]))
         best = self.best_sweep(system)
         return list(dict.fromkeys([c for c in (best, system.common) if c is not None]))
 
     def best_sweep(self, system: System) -> Config | None:
-        if len(system.configs) == 1:
-            return system.configs[0]
+        if not self.swept(system):
+            return None
         timed = [(c, self.runs.get((system.name, "sweep", c.label))) for c in system.configs]
-        scored = [(median([r.seconds for r in runs]), c) for c, runs in timed if runs]
+        scored = [(min(r.seconds for r in runs), c) for c, runs in timed if runs]
         return min(scored, key=lambda x: x[0])[1] if scored else None
 
     def latency(self) -> None:
@@ -901,21 +940,23 @@ class Bench:
         idx = np.linspace(0, n - 1, min(self.shape.latency_texts, n)).astype(int).tolist()
         blocks = np.array_split(np.asarray(idx), max(1, self.settings.repeats))
         for s in list(self.systems):
-            self._call(s, "latency warm-up", lambda s=s: s.latency(idx[:4]))
+            self._call(s, "latency warm-up", partial(s.latency, idx[:4]))
         for block in blocks:  # interleaved in blocks: A B C ... A B C ...
             for s in list(self.systems):
-                t = self._call(s, "latency", lambda s=s, b=block: s.latency(b.tolist()))
+                t = self._call(s, "latency", partial(s.latency, block.tolist()))
                 if t is not None:
                     self.latencies.setdefault(s.name, []).extend(t)
 
     # -- figures ------------------------------------------------------------------------
 
     def _figure(self, name: str, phase: str, cfg: Config, n: int) -> dict[str, Any] | None:
+        """Figures of one system, phase and setting: from the median run, or in the sweep
+        from the fastest (see ``run``)."""
         runs = self.runs.get((name, phase, cfg.label))
         if not runs:
             return None
         secs = [r.seconds for r in runs]
-        med = median(secs)
+        med = min(secs) if phase == "sweep" else median(secs)
         toks = int(self.tokens[:n].sum())
         util = median([r.cpu_s / max(r.seconds * self.settings.threads, 1e-9) for r in runs])
         return {
@@ -926,7 +967,7 @@ class Bench:
             "tokens": toks,
             "repeats": len(secs),
             "seconds": [round(x, 4) for x in secs],
-            "median_s": round(med, 4),
+            "median_s" if phase != "sweep" else "min_s": round(med, 4),
             "sentences_per_s": n / med,
             "tokens_per_s": toks / med,
             # Process CPU time / (wall x threads): well below 1 means it waited (on other
@@ -954,8 +995,12 @@ class Bench:
                 entry["fidelity_run"] = fid_run  # one pass, for information only
             entry["final"] = list({f["config"]: f for f in entry["final"]}.values())
             finals = {f["config"]: f for f in entry["final"]}
-            if best is not None and best.label in finals:
-                entry["best"] = finals[best.label]
+            if finals:
+                # The sweep (one short run each) picks the candidate; the final runs (median
+                # of repeats on more texts) decide between it and batch 32.
+                entry["best"] = max(finals.values(), key=lambda f: f["sentences_per_s"])
+            if best is not None:
+                entry["best_in_sweep"] = best.label
             if s.common.label in finals:
                 entry["common"] = finals[s.common.label]
             if s.name in self.latencies:
@@ -1000,8 +1045,7 @@ def run_shape(shape: ShapeSettings, settings: Settings, mix: TextMix) -> dict[st
     t0 = time.perf_counter()
     log(f"[{shape.name}] loading systems ...")
     source = minilm_source() if shape.name == "minilm" else bert_base_checkpoint()
-    systems, failed = build_systems(shape, settings, source)
-    max_length = st_max_length(source)
+    systems, failed, max_length = build_systems(shape, settings, source)
     tokens = token_counts(mix.texts[: shape.texts], source / "tokenizer.json", max_length)
     load_s = time.perf_counter() - t0
     log(
@@ -1040,8 +1084,13 @@ def table(shape_name: str, rec: dict[str, Any]) -> str:
     )
     lines = [
         f"== {shape_name}: timed on {rec['settings']['time_texts']} texts (mean "
-        f"{rec['mean_tokens_timed']:.1f} tokens), fidelity on {rec['settings']['texts']} "
-        f"(mean {rec['mean_tokens']:.1f}); max_length {rec['max_length']} ==",
+        f"{rec['mean_tokens_timed']:.1f} tokens)"
+        + (
+            f", fidelity on {rec['settings']['texts']} (mean {rec['mean_tokens']:.1f})"
+            if rec["settings"]["fidelity"]
+            else ""
+        )
+        + f"; max_length {rec['max_length']} ==",
         head,
         "-" * len(head),
     ]

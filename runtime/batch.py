@@ -23,9 +23,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -634,12 +636,59 @@ class _EncodeWorker:
         return len(rows)
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        shards = [int(s) for s in batch["shard"]]
-        counts = [self.run_shard(s) for s in shards]
-        return {"shard": np.asarray(shards, np.int64), "rows": np.asarray(counts, np.int64)}
+        return _run_batch(self, batch)
 
 
 # -- running shards -------------------------------------------------------------------------
+
+
+def _run_batch(worker: ShardWorker, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    """A Ray Data batch of shard numbers: run each, report its rows or its error.
+
+    A failing shard is reported as data rather than raised: the other shards then still
+    finish (a rerun redoes only the failed ones), and the job avoids Ray Data's abort
+    path, which could hang while other actors' tasks were still in flight.
+    """
+    shards = [int(s) for s in batch["shard"]]
+    counts: list[int] = []
+    errors: list[bytes] = []
+    for s in shards:
+        try:
+            counts.append(worker.run_shard(s))
+            errors.append(b"")
+        except Exception as exc:  # any failure of this shard; the driver raises it
+            counts.append(0)
+            errors.append(_pickle_error(exc, s))
+    return {
+        "shard": np.asarray(shards, np.int64),
+        "rows": np.asarray(counts, np.int64),
+        "error": np.asarray(errors, dtype=object),
+    }
+
+
+def _pickle_error(exc: Exception, shard: int) -> bytes:
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+    except Exception:  # unpicklable: keep its text
+        blob = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return pickle.dumps((shard, blob, text))
+
+
+def _raise_shard_errors(errors: list[bytes], shards: int, desc: str) -> None:
+    """Raise the first failed shard's exception (as on the worker), naming all failures."""
+    failures = [pickle.loads(e) for e in errors]
+    for shard, _, text in failures:
+        log.error("%s: shard %d failed on a Ray worker:\n%s", desc, shard, text)
+    shard, blob, _ = failures[0]
+    exc = pickle.loads(blob)
+    failed = ", ".join(str(s) for s, _, _ in failures)
+    exc.add_note(
+        f"{desc}: shard(s) {failed} of {shards} failed on Ray workers (tracebacks logged); the "
+        "other shards are written; run the same job again to redo the failed ones"
+    )
+    raise exc
 
 
 def _pending(output: Path, shards: int) -> list[int]:
@@ -720,12 +769,18 @@ def _run_on_ray(
         num_gpus=gpus_per_worker or None,
     )
     meta = pq.read_metadata(staged)
+    errors: list[bytes] = []
     try:
         with tqdm(total=total_rows, desc=desc, unit="row", disable=not progress) as bar:
             for row in ds.iter_rows():
-                bar.update(meta.row_group(int(row["shard"])).num_rows)
+                if row["error"]:
+                    errors.append(row["error"])
+                else:
+                    bar.update(meta.row_group(int(row["shard"])).num_rows)
     finally:
         ray_log.setLevel(level)
+    if errors:
+        _raise_shard_errors(errors, meta.num_row_groups, desc)
 
 
 def _run_ray_job(
@@ -1228,9 +1283,7 @@ class _RecommendWorker:
         return len(rows)
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        shards = [int(s) for s in batch["shard"]]
-        counts = [self.run_shard(s) for s in shards]
-        return {"shard": np.asarray(shards, np.int64), "rows": np.asarray(counts, np.int64)}
+        return _run_batch(self, batch)
 
 
 def recommend_dataset(
