@@ -38,7 +38,8 @@ def test_int8_variant_added_with_recipe_and_figures(model_copy: Path) -> None:
     # On ONNX Runtime, "auto" on CPU takes the int8 variant once it exists.
     enc = bertrec.Encoder(model_copy, precision="auto", device="cpu", backend="onnxruntime")
     assert enc.precision == "int8"
-    fp32 = bertrec.Encoder(model_copy, precision="fp32", backend="onnxruntime").encode(default_sentences())
+    fp32_enc = bertrec.Encoder(model_copy, precision="fp32", backend="onnxruntime")
+    fp32 = fp32_enc.encode(default_sentences())
     cos = np.sum(enc.encode(default_sentences()) * fp32, axis=1)
     assert cos.mean() >= 0.995
     assert not [p for p in model_copy.iterdir() if p.name.startswith(".")]
