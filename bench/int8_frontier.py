@@ -73,6 +73,7 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
     src = model_dir / "model.fp32.onnx"
     groups = matmul_groups(onnx.load(str(src)))
     down = groups["ffn_down"]
+    down_attn = down + groups["attention"]
 
     def smoothed(alpha: float) -> Callable[[Path], None]:
         def build(dst: Path) -> None:
@@ -105,6 +106,10 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
         "per-channel, all FFN down in fp32 (bertrec default)": lambda d: (
             _dynamic(src, d, down),
             _post(d, down, True),
+        ),
+        "per-channel, FFN down and attention in fp32": lambda d: (
+            _dynamic(src, d, down_attn),
+            _post(d, down_attn, True),
         ),
         "per-channel, FFN down smoothed (alpha 0.5)": smoothed(0.5),
         "per-channel, FFN down smoothed (alpha 0.7)": smoothed(0.7),
