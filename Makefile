@@ -31,6 +31,16 @@ lint: $(VENV)/.deps-test
 	$(BIN)/ruff format --check bertrec export runtime quantize tests bench
 	$(BIN)/mypy bertrec export runtime quantize
 
+# Every benchmark, one after another (keep the machine otherwise idle), then the README.
+bench: $(VENV)/.deps-test
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.int8_frontier
+	$(BIN)/python -m bench.batching
+	$(BIN)/python -m bench.scorer
+	$(BIN)/python -m bench.recsys_eval
+	$(BIN)/python -m bench.ray_overhead
+	$(BIN)/python -m bench.report
+
 demo: $(VENV)/.deps-demo
 	$(BIN)/bertrec demo
 

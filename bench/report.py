@@ -23,7 +23,7 @@ from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 KINDS = ("throughput", "int8-frontier", "batching", "scorer", "recsys", "ray")
-REGENERATE = "python -m bench.throughput && python -m bench.report"
+REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
 
 def _fmt(x: Any, spec: str = ".0f") -> str:
@@ -323,9 +323,11 @@ def scorer_section(rec: dict[str, Any], src: str) -> list[str]:
                 _fmt(m.get("naive_sort", math.nan) * 1e3, ".2f"),
                 _fmt(r.get("speedup_vs_faiss"), ".2f"),
                 _fmt(r.get("agreement_with_faiss"), ".3f"),
+                _fmt(m.get("bertrec", math.nan) / m.get("bare_gemv", math.nan), ".2f"),
             ]
         )
     header = ["catalog", "queries", "bertrec ms", "faiss ms", "naive ms", "× faiss", "agree"]
+    header.append("÷ bare `catalog @ q`")
     return lines + _md_table(header, rows)
 
 
@@ -381,9 +383,31 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
     ]
     header = ["method", "NDCG", "recall", "diversity", "coverage", "NDCG × popularity"]
     lines += _md_table(header, rows)
+    mmr = rec.get("mmr_sweep") or []
+    if mmr:
+        lines += ["", "MMR re-ranking of the defaults (fp32), change against no re-ranking:", ""]
+        lines += _md_table(
+            ["diversity", "NDCG", "NDCG change", "intra-list diversity", "diversity change"],
+            [
+                [
+                    _fmt(r.get("mmr_diversity"), ".1f"),
+                    _fmt(r.get("ndcg"), ".4f"),
+                    _fmt(100 * r.get("ndcg_change", math.nan), "+.1f") + " %",
+                    _fmt(r.get("diversity"), ".3f"),
+                    _fmt(100 * r.get("diversity_change", math.nan), "+.1f") + " %",
+                ]
+                for r in mmr
+            ],
+        )
     acc = rec.get("acceptance")
     if isinstance(acc, dict) and acc:
-        lines += ["", "Acceptance: " + "; ".join(f"{k} {_fmt(v, '.4g')}" for k, v in acc.items())]
+
+        def val(v: Any) -> str:
+            if isinstance(v, list):  # a confidence interval
+                return "[" + ", ".join(_fmt(x, "+.2%") for x in v) + "]"
+            return _fmt(v, ".4g")
+
+        lines += ["", "Acceptance: " + "; ".join(f"{k} {val(v)}" for k, v in acc.items())]
     return lines
 
 
