@@ -240,13 +240,23 @@ def _source_stamp(source: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def _code_stamp() -> str:
+    """What identifies bertrec's exporter and quantizer: the text of their modules, so a
+    changed recipe re-exports the cached benchmark models."""
+    h = hashlib.sha256()
+    for folder in ("export", "quantize"):
+        for p in sorted((REPO / folder).glob("*.py")):
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def exported_model_dir(
     source: Path, name: str, precision: Sequence[str] = ("fp32", "int8")
 ) -> Path:
     """``source`` exported by bertrec into ``cache_dir(name)/bertrec``, once.
 
-    Re-exported when the source files change. A lock file keeps two bench scripts started
-    together from exporting the same model at once.
+    Re-exported when the source files or bertrec's exporter or quantizer change. A lock
+    file keeps two bench scripts started together from exporting the same model at once.
     """
     import fcntl
 
@@ -255,7 +265,7 @@ def exported_model_dir(
     root = cache_dir(name)
     out = root / "bertrec"
     stamp_file = root / "bertrec.source"
-    stamp = f"{_source_stamp(source)} {','.join(precision)}"
+    stamp = f"{_source_stamp(source)} {','.join(precision)} {_code_stamp()}"
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ok = (out / "manifest.json").is_file() and stamp_file.is_file()

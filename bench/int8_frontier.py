@@ -74,6 +74,7 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
     groups = matmul_groups(onnx.load(str(src)))
     down = groups["ffn_down"]
     down_attn = down + groups["attention"]
+    default = down + groups["first_ffn_up"]
 
     def smoothed(alpha: float) -> Callable[[Path], None]:
         def build(dst: Path) -> None:
@@ -103,9 +104,13 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
             _dynamic(src, d, down[:2]),
             _post(d, down[:2], True),
         ),
-        "per-channel, all FFN down in fp32 (bertrec default)": lambda d: (
+        "per-channel, all FFN down in fp32": lambda d: (
             _dynamic(src, d, down),
             _post(d, down, True),
+        ),
+        "per-channel, FFN down and layer 0 FFN up in fp32 (bertrec default)": lambda d: (
+            _dynamic(src, d, default),
+            _post(d, default, True),
         ),
         "per-channel, FFN down and attention in fp32": lambda d: (
             _dynamic(src, d, down_attn),

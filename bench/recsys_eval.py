@@ -1,7 +1,7 @@
 """Recommendation quality on MovieLens ml-latest-small: NDCG@10, Recall@10, intra-list
 diversity and coverage of ``bertrec.Recommender`` against the popularity baseline.
 
-    python -m bench.recsys_eval           # 610 users, the settings sweep, + int8 (~15 min)
+    python -m bench.recsys_eval           # 610 users, the settings sweep, + int8 (< 10 min)
     python -m bench.recsys_eval --quick   # 100 users, a few settings, fp32 only (< 2 min)
 
 Protocol (``bertrec.runtime.movielens``): per user, ratings sorted by time; the last 10
@@ -22,6 +22,7 @@ bench/results/recsys-<UTC>.json.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -46,10 +47,12 @@ from bertrec.runtime.movielens import (
 from bertrec.runtime.recommender import Recommender
 
 # Acceptance (the issue): defaults >= 1.15x popularity NDCG@10; MMR at its default
-# diversity raises intra-list diversity >= 20% for <= 5% NDCG@10 loss.
+# diversity raises intra-list diversity >= 20% for <= 5% NDCG@10 loss; int8 NDCG@10 within
+# 2% of fp32.
 TARGET_VS_POPULARITY = 1.15
 TARGET_DIVERSITY_GAIN = 0.20
 MAX_MMR_NDCG_LOSS = 0.05
+MAX_INT8_NDCG_CHANGE = 0.02
 MMR_DEFAULT = 0.3
 MMR_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 QUICK_USERS = 100
@@ -64,20 +67,22 @@ def sweep_grid(quick: bool) -> list[dict[str, Any]]:
             {"profile": "knn", "recent": 50, "top_m": 2, "popularity_weight": w}
             for w in (0.5, 1.0, 2.0)
         ] + [{"profile": "mean", "half_life": 10.0, "popularity_weight": 2.0}]
+    # 19 settings keep the full run within 10 minutes on 2 cores. The knn window and
+    # neighbour count are swept at popularity weight 1.0, the weight at (50, 2); an
+    # earlier 47-setting grid (all weights at every window) picked the same defaults.
     grid: list[dict[str, Any]] = [
-        {"profile": "knn", "recent": r, "top_m": m, "popularity_weight": w}
+        {"profile": "knn", "recent": r, "top_m": m, "popularity_weight": 1.0}
         for r in (20, 50, 100)
         for m in (1, 2, 3)
-        for w in (0.75, 1.0, 1.5)
     ]
     grid += [
         {"profile": "knn", "recent": r, "top_m": 2, "popularity_weight": w}
-        for r, w in ((10, 1.0), (50, 0.5), (50, 2.0), (1000, 1.0))
+        for r, w in ((10, 1.0), (1000, 1.0), (50, 0.5), (50, 0.75), (50, 1.5), (50, 2.0))
     ]
     grid += [
         {"profile": "mean", "half_life": h, "popularity_weight": w}
-        for h in (5.0, 10.0, 30.0, 1e9)
-        for w in (0.5, 1.0, 2.0, 3.0)
+        for h in (10.0, 1e9)
+        for w in (1.0, 2.0)
     ]
     return grid
 
@@ -98,6 +103,19 @@ def subset(splits: list[UserSplit], n: int | None, seed: int = 0) -> list[UserSp
         return splits
     pick = np.sort(np.random.default_rng(seed).choice(len(splits), size=n, replace=False))
     return [splits[i] for i in pick]
+
+
+def paired_change_ci(base: Any, other: Any, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of mean(other) / mean(base) - 1, resampling users (paired)."""
+    a, b = np.asarray(base, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(a), size=(rounds, len(a)))
+    sa, sb = a[pick].mean(axis=1), b[pick].mean(axis=1)
+    ok = sa > 0
+    change = sb[ok] / sa[ok] - 1
+    if not len(change):
+        return [math.nan, math.nan]
+    return [float(np.quantile(change, 0.025)), float(np.quantile(change, 0.975))]
 
 
 def figures(m: Any) -> dict[str, float]:
@@ -142,8 +160,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def build(p: str, pop: Any, **settings: Any) -> Recommender:
         return Recommender.from_vectors(encoders[p], vectors[p], ids, pop, **settings)
 
-    def score(rec: Recommender, splits: list[UserSplit], **kw: Any) -> dict[str, float]:
-        return figures(evaluate(rec, splits, rec.vectors, ids, **kw))
+    user_ndcg: dict[str, Any] = {}  # per-user NDCG@10 of the test rows, for paired CIs
+
+    def score(
+        rec: Recommender, splits: list[UserSplit], keep: str | None = None, **kw: Any
+    ) -> dict[str, float]:
+        m = evaluate(rec, splits, rec.vectors, ids, **kw)
+        if keep:
+            user_ndcg[keep] = np.asarray(m.user_ndcg)
+        return figures(m)
 
     # -- the sweep, on validation and test ------------------------------------------------
     t0 = time.perf_counter()
@@ -187,9 +212,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.quick:
         rows["defaults_all_history"] = score(build("fp32", pop_test), test, history="all")
     for p in precisions:
-        rows[f"defaults_{p}"] = score(build(p, pop_test), test)
+        rows[f"defaults_{p}"] = score(build(p, pop_test), test, keep=p)
         rows[f"defaults_{p}_mmr{MMR_DEFAULT}"] = score(
-            build(p, pop_test), test, diversity=MMR_DEFAULT
+            build(p, pop_test), test, keep=f"{p}_mmr", diversity=MMR_DEFAULT
         )
     rows["validation_best_only"] = dict(best_val["test"])
     mmr_sweep = []
@@ -211,6 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         >= TARGET_VS_POPULARITY,
         "mmr_diversity_gain": mmr["diversity"] / base["diversity"] - 1,
         "mmr_ndcg_change": mmr["ndcg"] / base["ndcg"] - 1,
+        "mmr_ndcg_change_ci95": paired_change_ci(user_ndcg["fp32"], user_ndcg["fp32_mmr"]),
     }
     acceptance["mmr_met"] = (
         acceptance["mmr_diversity_gain"] >= TARGET_DIVERSITY_GAIN
@@ -218,6 +244,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if "defaults_int8" in rows:
         acceptance["int8_ndcg_change"] = rows["defaults_int8"]["ndcg"] / base["ndcg"] - 1
+        acceptance["int8_met"] = abs(acceptance["int8_ndcg_change"]) <= MAX_INT8_NDCG_CHANGE
+        acceptance["int8_ndcg_change_ci95"] = paired_change_ci(user_ndcg["fp32"], user_ndcg["int8"])
     timings["total_s"] = time.perf_counter() - t_start
     return {
         "settings": {
@@ -292,7 +320,8 @@ def print_report(record: dict[str, Any]) -> None:
         f"ILD >= +{TARGET_DIVERSITY_GAIN:.0%} for NDCG >= -{MAX_MMR_NDCG_LOSS:.0%})"
     )
     if "int8_ndcg_change" in a:
-        print(f"int8 vs fp32 NDCG@10: {a['int8_ndcg_change']:+.2%}")
+        lo, hi = a["int8_ndcg_change_ci95"]
+        print(f"int8 vs fp32 NDCG@10: {a['int8_ndcg_change']:+.2%} (95% CI {lo:+.2%} to {hi:+.2%})")
     for note in record["notes"]:
         print(f"note: {note}")
     print(f"machine: {machine_line(record['machine'])}; total {record['timings']['total_s']:.0f} s")

@@ -102,7 +102,11 @@ def _catalog_recommender(
 ) -> tuple[Recommender, str]:
     """The recommender over the catalog, from the vector cache when it matches."""
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()[:16]
-    key = f"{encoder.fingerprint[:16]}-{encoder.precision}-{digest}"
+    # The file that ran (an int8 rebuilt by a newer quantizer gets new vectors); bf16 on
+    # OpenVINO runs the fp32 file.
+    variant = encoder.manifest.variants.get(encoder.precision)
+    weights = variant.sha256 if variant is not None else encoder.fingerprint
+    key = f"{encoder.fingerprint[:16]}-{encoder.precision}-{weights[:8]}-{digest}"
     cached = cache_root() / "demo" / key
     if (cached / "recommender.json").is_file():
         try:

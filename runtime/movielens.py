@@ -255,6 +255,8 @@ class Metrics:
         coverage: distinct recommended items over catalog size.
         users: users averaged over.
         k: list length.
+        user_ndcg: each user's NDCG@k, in the order of the splits (for paired
+            comparisons of two recommenders on the same users).
     """
 
     ndcg: float
@@ -263,6 +265,7 @@ class Metrics:
     coverage: float
     users: int
     k: int
+    user_ndcg: tuple[float, ...] = ()
 
 
 def ndcg_at_k(ranked: Sequence[object], relevant: Collection[object], k: int = 10) -> float:
@@ -379,4 +382,5 @@ def evaluate(
         coverage=len(shown) / len(item_ids) if len(item_ids) else 0.0,
         users=len(splits),
         k=k,
+        user_ndcg=tuple(ndcgs),
     )

@@ -32,7 +32,7 @@ def test_int8_variant_added_with_recipe_and_figures(model_copy: Path) -> None:
     assert m.variants["int8"] == v
     assert (model_copy / "model.int8.onnx").stat().st_size == v.size_bytes
     assert v.recipe["weights"] == "int8 per output channel"
-    assert v.recipe["kept_fp32"] == ["ffn_down"]
+    assert v.recipe["kept_fp32"] == ["ffn_down", "first_ffn_up"]
     val = v.validation
     assert val["mean_cos"] >= 0.995 and val["p1_cos"] >= 0.99 and val["top10_overlap"] >= 0.9
     # On ONNX Runtime, "auto" on CPU takes the int8 variant once it exists.
@@ -50,7 +50,8 @@ def test_int8_graph_is_quantized(model_copy: Path) -> None:
     g = onnx.load(str(model_copy / "model.int8.onnx")).graph
     ops = {n.op_type for n in g.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
-    assert v.recipe["int8_matmuls"] == 10 and v.recipe["fp32_matmuls"] == 2
+    assert v.recipe["int8_matmuls"] == 9 and v.recipe["fp32_matmuls"] == 3
+    assert sum(n.op_type == "MatMulInteger" for n in g.node) == 9
     # The tiny vocabulary is under the 1,000-row threshold for int8 embedding rows.
     assert v.recipe["embedding_tables_int8_rows"] == []
 
@@ -100,7 +101,9 @@ def test_fp16_variant_structure(model_copy: Path) -> None:
 def test_matmul_groups_by_weight_shape(tiny_model_dir: Path) -> None:
     groups = matmul_groups(onnx.load(str(tiny_model_dir / "model.fp32.onnx")))
     # 2 layers: Q, K, V, attention output are square; one up- and one down-projection each.
-    assert {k: len(v) for k, v in groups.items()} == {"ffn_down": 2, "ffn_up": 2, "attention": 8}
+    sizes = {k: len(v) for k, v in groups.items()}
+    assert sizes == {"ffn_down": 2, "ffn_up": 2, "attention": 8, "first_ffn_up": 1}
+    assert groups["first_ffn_up"] == groups["ffn_up"][:1]
 
 
 def test_graph_edits_preserve_outputs(tiny_model_dir: Path, tmp_path: Path) -> None:
