@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench bench-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ bench: $(VENV)/.deps-test
 	$(BIN)/python -m bench.recsys_eval
 	$(BIN)/python -m bench.ray_overhead
 	$(BIN)/python -m bench.report
+
+# Each benchmark's --quick mode (CI: proves the scripts run; asserts no speed). Quick
+# records go to a temp dir and the README is left alone.
+bench-smoke: $(VENV)/.deps-test
+	$(BIN)/python -m bench.throughput --quick
+	$(BIN)/python -m bench.int8_frontier --quick
+	$(BIN)/python -m bench.batching --quick
+	$(BIN)/python -m bench.scorer --quick
+	$(BIN)/python -m bench.recsys_eval --quick
+	$(BIN)/python -m bench.ray_overhead --quick
+	$(BIN)/python -m bench.report --quick
 
 demo: $(VENV)/.deps-demo
 	$(BIN)/bertrec demo

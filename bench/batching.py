@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import bertrec
 from bench.common import bench_model_dir, load_text_mix, machine_info, write_record
@@ -90,11 +88,6 @@ def run(settings: Settings) -> dict[str, object]:
     }
 
 
-def _quick_dir() -> Path:
-    """Smoke runs write their record to a temporary folder, never into bench/results."""
-    return Path(tempfile.mkdtemp(prefix="bertrec-bench-quick-"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
@@ -110,7 +103,7 @@ def main() -> None:
             fixed_batch_sizes=(16,),
         )
     record = run(s)
-    path = write_record("batching", record, results_dir=_quick_dir() if args.quick else None)
+    path = write_record("batching", record, quick=args.quick)
     print(f"{'config':24s} {'sent/s':>8s} {'tok/s':>8s}")
     for r in record["rows"]:  # type: ignore[union-attr]
         print(f"{r['config']:24s} {r['sentences_per_s']:8.0f} {r['tokens_per_s']:8.0f}")

@@ -22,6 +22,7 @@ import onnx
 
 import bertrec
 from bench.common import bench_model_dir, load_text_mix, machine_info, minilm_source, write_record
+from bench.int8_pertoken import per_token_matmuls
 from bench.int8_smoothing import activation_absmax, smooth_matmuls
 from bertrec.quantize.graph import quantize_embedding_rows, store_matmul_weights_fp16
 from bertrec.quantize.quantizer import matmul_groups
@@ -95,6 +96,18 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
 
         return build
 
+    def per_token(rows: list[str], keep: list[str]) -> Callable[[Path], None]:
+        def build(dst: Path) -> None:
+            tmp = dst.with_suffix(".dyn.onnx")
+            _dynamic(src, tmp, rows + keep)
+            m = onnx.load(str(tmp))
+            tmp.unlink()
+            per_token_matmuls(m, set(rows))
+            onnx.save(m, str(dst))
+            _post(dst, keep, True)
+
+        return build
+
     return {
         "per-tensor weights, all MatMuls + Gather": lambda d: _dynamic(
             src, d, [], per_channel=False, ops=("MatMul", "Gather")
@@ -115,6 +128,10 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
         "per-channel, FFN down and attention in fp32": lambda d: (
             _dynamic(src, d, down_attn),
             _post(d, down_attn, True),
+        ),
+        "per-channel, FFN down with per-token activations": per_token(down, []),
+        "per-channel, FFN down 1-5 per-token, layer 0 FFN down and up in fp32": per_token(
+            down[1:], down[:1] + groups["first_ffn_up"]
         ),
         "per-channel, FFN down smoothed (alpha 0.5)": smoothed(0.5),
         "per-channel, FFN down smoothed (alpha 0.7)": smoothed(0.7),
@@ -217,18 +234,13 @@ def table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _quick_dir() -> Path:
-    """Smoke runs write their record to a temporary folder, never into bench/results."""
-    return Path(tempfile.mkdtemp(prefix="bertrec-bench-quick-"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
     args = p.parse_args()
     s = Settings(texts=64, repeats=1, st_batch_sizes=(16,)) if args.quick else Settings()
     record = run(s)
-    path = write_record("int8-frontier", record, results_dir=_quick_dir() if args.quick else None)
+    path = write_record("int8-frontier", record, quick=args.quick)
     text = table(record)
     print(text)
     print(f"record: {path}")

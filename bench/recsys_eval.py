@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     record = run(args)
     print_report(record)
     if not args.no_record:
-        print(f"record: {write_record('recsys', record)}")
+        print(f"record: {write_record('recsys', record, quick=args.quick)}")
     return 0
 
 

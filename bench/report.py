@@ -11,6 +11,7 @@ a temp dir, never into the README.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -157,9 +158,9 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
         lines += _md_table(header, rows)
         if name == "minilm":
             notes.append(
-                "- Figures from one run on a shared 2-core VM: rows within about 10 % of each "
-                "other are within run-to-run spread (the `seconds` of every run are in the "
-                "record)."
+                "- Figures from one run on a shared 2-core VM whose speed moves between (and "
+                "within) runs: see the spread line below; the `seconds` of every timed run are "
+                "in the record."
             )
         if notes:
             lines += ["", *notes]
@@ -478,6 +479,36 @@ COMMANDS = {
 }
 
 
+SPREAD_SYSTEMS = ("bertrec-ort-int8", "bertrec-auto", "st-onnx-int8", "st-openvino")
+
+
+def throughput_spread(results: Path) -> list[str]:
+    """How the headline ratios moved over every full throughput record kept."""
+    per: dict[str, list[float]] = {}
+    recs = 0
+    for path in sorted(results.glob("throughput-*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            systems = rec["shapes"]["minilm"]["systems"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if rec.get("quick"):
+            continue
+        recs += 1
+        for name in SPREAD_SYSTEMS:
+            ratio = systems.get(name, {}).get("ratio_best_to_st_fp32")
+            if isinstance(ratio, (int, float)):
+                per.setdefault(name, []).append(float(ratio))
+    if recs < 2:
+        return []
+    parts = [f"`{name}` {min(v):.2f}–{max(v):.2f}×" for name, v in per.items() if v]
+    return [
+        "",
+        f"Run-to-run spread, best throughput × ST fp32 over the {recs} full runs in "
+        f"`bench/results/` (some with earlier bertrec versions): " + ", ".join(parts) + ".",
+    ]
+
+
 def build(results: Path, plots: Path, link_base: Path, quick: bool) -> tuple[str, list[Path]]:
     """The results section (markdown) and the plots written for it."""
     import matplotlib
@@ -503,6 +534,8 @@ def build(results: Path, plots: Path, link_base: Path, quick: bool) -> tuple[str
         except Exception as exc:
             made = []
             section += ["", f"(plot failed: {exc!r})"]
+        if kind == "throughput":
+            section += throughput_spread(results)
         written += made
         body += [*section, ""]
         body += [f"![{p.stem}]({_rel(p, link_base)})" for p in made]

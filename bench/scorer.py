@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_table(rows)
     if not args.no_record:
-        path = write_record("scorer", record)
+        path = write_record("scorer", record, quick=args.quick)
         print(f"record: {path}")
     return 0
 
