@@ -53,6 +53,16 @@ def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     return [x for x, _ in points], [y for _, y in points]
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _rel(path: Path, base: Path) -> str:
     try:
         return str(path.resolve().relative_to(base.resolve()))
@@ -285,11 +295,7 @@ def plot_frontier(rec: dict[str, Any], plots: Path) -> list[Path]:
     ax.set(xlabel="sentences/s", ylabel="cosine vs ST fp32 (o: min, x: mean)",
            title="int8 recipes: speed vs accuracy")  # fmt: skip
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = plots / "int8-frontier.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, plots / "int8-frontier.png")]
 
 
 def batching_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -353,11 +359,7 @@ def plot_scorer(rec: dict[str, Any], plots: Path) -> list[Path]:
            title="top-k ranking time vs catalog size")  # fmt: skip
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = plots / "scorer.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, plots / "scorer.png")]
 
 
 def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
