@@ -264,11 +264,23 @@ class Encoder:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(items), desc="encode", unit="text")
-        for rows in batches:
-            batch = self._pad([encodings[i] for i in rows], rows)
-            out[batch.rows] = self._run(batch.feeds)
-            if progress is not None:
-                progress.update(len(rows))
+        run_many = getattr(self._runner, "run_many", None)
+        if run_many is not None and len(batches) > 1:
+            # The runner overlaps batches (OpenVINO streams); padding runs as it asks.
+            def padded() -> Iterator[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]]:
+                for rows in batches:
+                    batch = self._pad([encodings[i] for i in rows], rows)
+                    yield batch.rows, batch.feeds
+                    if progress is not None:
+                        progress.update(len(rows))
+
+            run_many(padded(), out)
+        else:
+            for rows in batches:
+                batch = self._pad([encodings[i] for i in rows], rows)
+                out[batch.rows] = self._run(batch.feeds)
+                if progress is not None:
+                    progress.update(len(rows))
         if progress is not None:
             progress.close()
         return out

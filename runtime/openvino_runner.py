@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .manifest import Manifest, verify_variant
 log = logging.getLogger("bertrec.runtime")
 
 BF16_MIN_COS = 0.9999
+# Streams of the THROUGHPUT-mode model used by run_many.
+STREAMS = 2
 
 
 def openvino_importable() -> bool:
@@ -92,16 +95,23 @@ class OpenVinoRunner:
             core.set_property({"CACHE_DIR": str(cache)})
         except OSError as exc:
             log.warning("OpenVINO model cache disabled (%s)", exc)
-        config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._path = path
+        self.compiled = self._compile("LATENCY")
         self.input_names = tuple(p.any_name for p in self.compiled.inputs)
         self._output = self.compiled.output(0)
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._streams: Any = None  # THROUGHPUT-mode model, compiled on first run_many
+
+    def _compile(self, hint: str, **extra: Any) -> Any:
+        core = _core()
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": hint,
+            **extra,
+        }
+        return core.compile_model(core.read_model(str(self._path)), "CPU", config)
 
     def run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
         """Embeddings of one padded batch, written into a per-thread preallocated buffer
@@ -121,3 +131,43 @@ class OpenVinoRunner:
         req.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
         req.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
         return out
+
+    def run_many(
+        self,
+        batches: Iterable[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]],
+        out: NDArray[np.float32],
+    ) -> None:
+        """Run several batches at once and write each one's rows of ``out``.
+
+        With two or more threads the model is compiled a second time in OpenVINO's
+        THROUGHPUT mode with two streams (half the threads each), and batches go through
+        an ``AsyncInferQueue`` of two requests: while one stream finishes a batch the
+        other starts the next, which measured faster for many batches
+        (bench/openvino_async.py). Single batches keep the LATENCY-mode model, which uses
+        every thread on one request. One queue per thread, like the infer requests.
+        """
+        import openvino as ov
+
+        if self.threads < 2:
+            for rows, feeds in batches:
+                out[rows] = self.run(feeds)
+            return
+        local = self._local
+        if getattr(local, "queue", None) is None:
+            with self._lock:
+                if self._streams is None:
+                    self._streams = self._compile("THROUGHPUT", NUM_STREAMS=STREAMS)
+                local.queue = ov.AsyncInferQueue(self._streams, STREAMS)
+                local.queue.set_callback(_copy_rows)
+        queue = local.queue
+        try:
+            for rows, feeds in batches:
+                inputs = {k: v for k, v in feeds.items() if k in self.input_names}
+                queue.start_async(inputs, (out, rows))
+        finally:
+            queue.wait_all()
+
+
+def _copy_rows(request: Any, job: tuple[NDArray[np.float32], NDArray[np.intp]]) -> None:
+    out, rows = job
+    out[rows] = request.get_output_tensor(0).data

@@ -437,3 +437,18 @@ def test_encode_iter_memory_is_bounded(tiny_model_dir: Path) -> None:
     assert total == 200_000
     growth = status("VmHWM:") - base
     assert growth < 300 * 2**20, f"peak RSS grew {growth / 2**20:.0f} MB"
+
+
+@pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_openvino_many_batches_match_one_at_a_time(tiny_model_dir: Path, threads: int) -> None:
+    """Several batches run through OpenVINO's two-stream queue (threads >= 2) or one by one
+    (1 thread); either way each row equals encoding its text alone."""
+    enc = make(tiny_model_dir, "openvino", max_batch_tokens=32, threads=threads)
+    texts = [t for t in TEXTS * 6 if t] + ["x " * 40]
+    alone = np.stack([enc.encode([t])[0] for t in texts])
+    many = enc.encode(texts)
+    assert (enc._runner._streams is not None) == (threads >= 2)
+    np.testing.assert_allclose(many, alone, atol=1e-5)
+    assert np.isfinite(many).all()
+    np.testing.assert_array_equal(enc.encode(texts[::-1]), many[::-1])
