@@ -264,23 +264,20 @@ class Encoder:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(items), desc="encode", unit="text")
-        run_many = getattr(self._runner, "run_many", None)
-        if run_many is not None and len(batches) > 1:
-            # The runner overlaps batches (OpenVINO streams); padding runs as it asks.
-            def padded() -> Iterator[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]]:
-                for rows in batches:
-                    batch = self._pad([encodings[i] for i in rows], rows)
-                    yield batch.rows, batch.feeds
-                    if progress is not None:
-                        progress.update(len(rows))
 
-            run_many(padded(), out)
-        else:
+        def padded() -> Iterator[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]]:
             for rows in batches:
                 batch = self._pad([encodings[i] for i in rows], rows)
-                out[batch.rows] = self._run(batch.feeds)
+                yield batch.rows, batch.feeds
                 if progress is not None:
                     progress.update(len(rows))
+
+        run_many = getattr(self._runner, "run_many", None)
+        if run_many is not None and len(batches) > 1:
+            run_many(padded(), out)  # the runner overlaps batches (OpenVINO streams)
+        else:
+            for rows, feeds in padded():
+                out[rows] = self._run(feeds)
         if progress is not None:
             progress.close()
         return out
