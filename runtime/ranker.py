@@ -29,6 +29,8 @@ SCAN_ROWS = 65536
 # A float32 row whose norm is this close to 1 is taken as already normalized, so a
 # normalized float32 catalog (e.g. a memory-mapped .npy) is used without a copy.
 NORM_TOL = 1e-5
+# How mmr_select measures a candidate's redundancy with the items already picked.
+REDUNDANCY = ("max", "mean")
 
 
 @dataclass(frozen=True)
@@ -183,28 +185,34 @@ def mmr_select(
     vectors: ArrayLike,
     k: int,
     diversity: float = 0.3,
+    redundancy: str = "max",
 ) -> NDArray[np.intp]:
     """Maximal marginal relevance: greedily pick ``k`` of the candidates.
 
     Each step takes the candidate maximizing
-    ``(1 - diversity) * relevance - diversity * max cosine to the ones already picked``
-    (Carbonell & Goldstein, 1998). ``diversity=0`` is the relevance order; ties go to the
-    lower candidate index, so candidates sorted best first keep their order.
+    ``(1 - diversity) * relevance - diversity * redundancy``, where redundancy is the
+    candidate's max cosine to the ones already picked (Carbonell & Goldstein, 1998) or,
+    with ``redundancy="mean"``, its mean cosine to them (which targets intra-list
+    diversity, a mean over pairs, directly). ``diversity=0`` is the relevance order; ties
+    go to the lower candidate index, so candidates sorted best first keep their order.
 
     Args:
         relevance: (p,) scores of the candidates.
         vectors: (p, dim) unit-norm vectors of the candidates.
         k: how many to pick (at most p are returned).
         diversity: the weight in [0, 1] of novelty against relevance.
+        redundancy: ``"max"`` or ``"mean"`` cosine to the picked candidates.
 
     Returns:
         Indices into the candidates, in pick order.
 
     Raises:
-        ConfigError: k <= 0 or diversity outside [0, 1].
+        ConfigError: k <= 0, diversity outside [0, 1], unknown redundancy.
         InputValueError: relevance and vectors disagree in length.
     """
     k = _check_k(k)
+    if redundancy not in REDUNDANCY:
+        raise ConfigError(f"unknown redundancy {redundancy!r}; choose from {', '.join(REDUNDANCY)}")
     if isinstance(diversity, bool) or not isinstance(diversity, (int, float, np.floating)):
         raise ConfigError(f"diversity must be a float in [0, 1], got {diversity!r}")
     if not 0.0 <= float(diversity) <= 1.0:
@@ -224,13 +232,19 @@ def mmr_select(
     picked = np.empty(min(k, p), dtype=np.intp)
     taken = np.zeros(p, dtype=bool)
     max_sim = np.full(p, -np.inf)
+    sum_sim = np.zeros(p)
     for step in range(len(picked)):
-        objective = (1.0 - lam) * rel - lam * (max_sim if step else 0.0)
+        if step == 0:
+            penalty: NDArray[np.float64] | float = 0.0
+        else:
+            penalty = max_sim if redundancy == "max" else sum_sim / step
+        objective = (1.0 - lam) * rel - lam * penalty
         objective[taken] = -np.inf
         best = int(np.argmax(objective))
         picked[step] = best
         taken[best] = True
         np.maximum(max_sim, sims[best], out=max_sim)
+        sum_sim += sims[best]
     return picked
 
 

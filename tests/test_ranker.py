@@ -239,6 +239,20 @@ def test_mmr_trades_relevance_for_novelty() -> None:
     assert ranker.mmr(q, k=2, candidates=1, exclude=["a"]).ids.tolist()[0] == "a2"
 
 
+def test_mmr_select_mean_redundancy_differs_from_max() -> None:
+    # a1 and a2 are orthogonal and picked first; x is close to a1 only, y halfway to both.
+    x = [0.9, 0.0, np.sqrt(1 - 0.81)]
+    y = [0.6, 0.6, np.sqrt(1 - 0.72)]
+    vecs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], x, y])
+    rel = np.array([1.0, 0.99, 0.5, 0.5])
+    assert mmr_select(rel, vecs, 3, 0.5).tolist() == [0, 1, 3]  # max cosine: y (0.6 < 0.9)
+    # mean cosine: x (0.45 < 0.6)
+    assert mmr_select(rel, vecs, 3, 0.5, redundancy="mean").tolist() == [0, 1, 2]
+    assert mmr_select(rel, vecs, 9, 0.0, redundancy="mean").tolist() == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="unknown redundancy 'sum'; choose from max, mean"):
+        mmr_select(rel, vecs, 3, 0.5, redundancy="sum")
+
+
 def test_mmr_bad_arguments() -> None:
     ranker = CosineRanker(np.eye(3, dtype=np.float32))
     q = np.ones(3)

@@ -23,6 +23,7 @@ from bertrec import (
     Recommender,
 )
 from bertrec.runtime import movielens as ml
+from bertrec.runtime.recommender import SUGGESTED_DIVERSITY, diverse_picks
 
 
 class FakeEncoder:
@@ -137,12 +138,42 @@ def test_batch_equals_single(rec: Recommender) -> None:
         rec.recommend_batch([[101], [102]], exclude=[[1]])
 
 
-def test_diversity_reorders_within_the_pool(rec: Recommender) -> None:
+def test_diversity_changes_membership_not_order(rec: Recommender) -> None:
     plain = rec.recommend([101, 102], k=8)
     diverse = rec.recommend([101, 102], k=8, diversity=0.9)
     assert len({i for i, _ in diverse}) == 8
     assert diverse[0] == plain[0]
+    assert {i for i, _ in diverse} != {i for i, _ in plain}
+    # The picks are listed in score order, best first.
+    scores = [s for _, s in diverse]
+    assert scores == sorted(scores, reverse=True)
+    row = {item: i for i, item in enumerate(IDS)}
+
+    def ild(out: list[tuple[int, float]]) -> float:
+        return ml.intra_list_diversity(rec.vectors[[row[i] for i, _ in out]]) or 0.0
+
+    assert ild(diverse) > ild(plain)
     assert rec.recommend([101, 102], k=8, diversity=0.0) == plain
+    assert ild(rec.recommend([101, 102], k=8, diversity=SUGGESTED_DIVERSITY)) >= ild(plain)
+
+
+def test_diverse_picks_by_rank() -> None:
+    # Candidates best first: four near-duplicates of one direction, then a different one.
+    v = np.array([[1.0, 0.0]] * 4 + [[0.0, 1.0]], dtype=np.float32)
+    v[1:4, 1] = [0.01, 0.02, 0.03]
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert diverse_picks(v, 2, 0.0).tolist() == [0, 1]
+    assert diverse_picks(v, 2, 0.7).tolist() == [0, 4]
+    assert diverse_picks(v, 9, 0.7).tolist() == [0, 1, 2, 3, 4]  # k > candidates: all, sorted
+    assert diverse_picks(v[:0], 3, 0.7).tolist() == []
+    # At a small weight the fifth rank costs too much relevance, unless ranks barely decay.
+    assert diverse_picks(v, 2, 0.15).tolist() == [0, 1]
+    assert diverse_picks(v, 2, 0.15, rank_decay=0.01).tolist() == [0, 4]
+    with pytest.raises(ConfigError, match="diversity must be in"):
+        diverse_picks(v, 2, 1.5)
+    for bad in (-1.0, float("nan"), "0.5"):
+        with pytest.raises(ConfigError, match="rank_decay must be a finite float >= 0"):
+            diverse_picks(v, 2, 0.5, rank_decay=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
