@@ -386,22 +386,49 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
     ]
     header = ["method", "NDCG", "recall", "diversity", "coverage", "NDCG × popularity"]
     lines += _md_table(header, rows)
-    mmr = rec.get("mmr_sweep") or []
+    mmr = [r for r in rec.get("mmr_sweep") or [] if isinstance(r.get("test"), dict)]
     if mmr:
-        lines += ["", "MMR re-ranking of the defaults (fp32), change against no re-ranking:", ""]
+        lines += [
+            "",
+            "Diversity re-ranking of the defaults (fp32), change against no re-ranking "
+            "(`recommender`: `recommend(diversity=...)`, MMR on rank with mean cosine; "
+            "`classic_mmr`: MMR on the raw scores with max cosine):",
+            "",
+        ]
+
+        def pct(r: dict[str, Any], split: str, key: str) -> str:
+            return _fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
+
         lines += _md_table(
-            ["diversity", "NDCG", "NDCG change", "intra-list diversity", "diversity change"],
+            [
+                "method",
+                "diversity",
+                "validation NDCG change",
+                "validation ILD change",
+                "test NDCG",
+                "test NDCG change",
+                "test ILD",
+                "test ILD change",
+            ],
             [
                 [
-                    _fmt(r.get("mmr_diversity"), ".1f"),
-                    _fmt(r.get("ndcg"), ".4f"),
-                    _fmt(100 * r.get("ndcg_change", math.nan), "+.1f") + " %",
-                    _fmt(r.get("diversity"), ".3f"),
-                    _fmt(100 * r.get("diversity_change", math.nan), "+.1f") + " %",
+                    str(r.get("method")),
+                    _fmt(r.get("mmr_diversity"), ".2f"),
+                    pct(r, "validation", "ndcg_change"),
+                    pct(r, "validation", "diversity_change"),
+                    _fmt(r["test"].get("ndcg"), ".4f"),
+                    pct(r, "test", "ndcg_change"),
+                    _fmt(r["test"].get("diversity"), ".3f"),
+                    pct(r, "test", "diversity_change"),
                 ]
                 for r in mmr
             ],
         )
+        if rec.get("diversity_pick_rule"):
+            lines += [
+                "",
+                f"Validation pick ({rec['diversity_pick_rule']}): {rec.get('diversity_pick')}.",
+            ]
     acc = rec.get("acceptance")
     if isinstance(acc, dict) and acc:
 
