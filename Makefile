@@ -38,6 +38,7 @@ bench: $(VENV)/.deps-test
 	$(BIN)/python -m bench.batching
 	$(BIN)/python -m bench.scorer
 	$(BIN)/python -m bench.recsys_eval
+	$(BIN)/python -m bench.diversity_frontier
 	$(BIN)/python -m bench.ray_overhead
 	$(BIN)/python -m bench.report
 
@@ -49,6 +50,7 @@ bench-smoke: $(VENV)/.deps-test
 	$(BIN)/python -m bench.batching --quick
 	$(BIN)/python -m bench.scorer --quick
 	$(BIN)/python -m bench.recsys_eval --quick
+	$(BIN)/python -m bench.diversity_frontier --quick
 	$(BIN)/python -m bench.ray_overhead --quick
 	$(BIN)/python -m bench.report --quick
 

@@ -1,6 +1,6 @@
 """Plots and the README's results section, from the latest JSON record of each kind.
 
-``python -m bench.report`` reads bench/results/ (throughput-*, scorer-*, recsys-*,
+``python -m bench.report`` reads bench/results/ (throughput-*, scorer-*, recsys-*, diversity-*,
 int8-frontier-*, batching-*, ray-*; any kind may be missing), draws PNGs into
 bench/results/plots/ and rewrites README.md between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` (and nothing else; without the markers it prints the section).
@@ -23,7 +23,7 @@ from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
 
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KINDS = ("throughput", "int8-frontier", "batching", "scorer", "recsys", "ray")
+KINDS = ("throughput", "int8-frontier", "batching", "scorer", "recsys", "diversity", "ray")
 REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
 
@@ -441,6 +441,43 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
     return lines
 
 
+def diversity_section(rec: dict[str, Any], src: str) -> list[str]:
+    st = rec.get("settings", {})
+    loss, target = st.get("max_ndcg_loss", math.nan), st.get("target_gain", math.nan)
+    lines = [
+        "### Diversity re-ranking frontier",
+        "",
+        f"`python -m bench.diversity_frontier`, record `{src}`: {st.get('users')} users per "
+        f"split, {st.get('pool')} candidates each. Intra-list diversity change at "
+        f"-{_fmt(100 * loss, '.0f')} % NDCG@10, interpolated on each variant's frontier "
+        f"(target +{_fmt(100 * target, '.0f')} %):",
+        "",
+    ]
+    splits = rec.get("splits", {})
+    names = list(splits.get("test", {}).get("variants", {}))
+
+    def cell(split: str, name: str) -> str:
+        v = splits.get(split, {}).get("variants", {}).get(name, {})
+        g = v.get("gain_at_loss")
+        if g is None:
+            return "not reached"
+        return _fmt(100 * g, "+.1f") + " %"
+
+    def points(name: str) -> str:
+        pts = splits.get("test", {}).get("variants", {}).get(name, {}).get("points", [])
+        return ", ".join(
+            f"{_fmt(p.get('weight'), 'g')}: {_fmt(100 * p.get('ndcg_change', math.nan), '+.1f')}"
+            f" / {_fmt(100 * p.get('diversity_change', math.nan), '+.1f')}"
+            for p in pts
+        )
+
+    lines += _md_table(
+        ["variant", "validation", "test", "test points (weight: NDCG % / ILD %)"],
+        [[n, cell("validation", n), cell("test", n), points(n)] for n in names],
+    )
+    return lines
+
+
 def ray_section(rec: dict[str, Any], src: str) -> list[str]:
     lines = [
         "### Ray overhead",
@@ -491,6 +528,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "batching": batching_section,
     "scorer": scorer_section,
     "recsys": recsys_section,
+    "diversity": diversity_section,
     "ray": ray_section,
 }
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
@@ -504,6 +542,7 @@ COMMANDS = {
     "batching": "python -m bench.batching",
     "scorer": "python -m bench.scorer",
     "recsys": "python -m bench.recsys_eval",
+    "diversity": "python -m bench.diversity_frontier",
     "ray": "python -m bench.ray_overhead",
 }
 
