@@ -228,7 +228,8 @@ def mmr_select(
     if p == 0:
         return np.empty(0, dtype=np.intp)
     lam = float(diversity)
-    sims = (vec @ vec.T).astype(np.float64)
+    # One row of similarities per pick (k x p), never the p x p matrix: a large pool
+    # costs memory linear in its size.
     picked = np.empty(min(k, p), dtype=np.intp)
     taken = np.zeros(p, dtype=bool)
     max_sim = np.full(p, -np.inf)
@@ -243,8 +244,9 @@ def mmr_select(
         best = int(np.argmax(objective))
         picked[step] = best
         taken[best] = True
-        np.maximum(max_sim, sims[best], out=max_sim)
-        sum_sim += sims[best]
+        sims = (vec @ vec[best]).astype(np.float64)
+        np.maximum(max_sim, sims, out=max_sim)
+        sum_sim += sims
     return picked
 
 

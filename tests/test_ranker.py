@@ -253,6 +253,17 @@ def test_mmr_select_mean_redundancy_differs_from_max() -> None:
         mmr_select(rel, vecs, 3, 0.5, redundancy="sum")
 
 
+def test_mmr_select_huge_pool_stays_linear_in_memory() -> None:
+    # 200,000 candidates: a p x p similarity matrix would need 320 GB.
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((200_000, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rel = np.linspace(1.0, 0.0, len(vecs))
+    for redundancy in ("max", "mean"):
+        picked = mmr_select(rel, vecs, 5, 0.5, redundancy=redundancy)
+        assert len(set(picked.tolist())) == 5 and picked[0] == 0
+
+
 def test_mmr_bad_arguments() -> None:
     ranker = CosineRanker(np.eye(3, dtype=np.float32))
     q = np.ones(3)
