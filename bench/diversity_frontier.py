@@ -13,7 +13,8 @@ for >= +20% there).
 Variants:
 - ``classic_mmr``: MMR on the raw scores, max cosine to the picks, pick order.
 - ``recommender``: what ``recommend(diversity=w)`` does (``diverse_picks``: MMR on
-  ``rank ** -0.5`` with mean cosine, listed in score order).
+  ``rank ** -0.5`` with mean cosine, listed in score order). The record also holds how
+  the hit rate falls with rank (``hit_rate_decay``: a in rank ** -a), which that uses.
 - ``swap_search``: the set maximizing ``sum(rank relevance x position gain) + w x ILD``,
   by swaps from the top 10 until none helps (a stronger optimizer of the same trade).
 - ``history_scaled``: ``recommender`` with the weight scaled per user by their history's
@@ -113,6 +114,20 @@ def at_loss(points: list[dict[str, float]], loss: float = MAX_NDCG_LOSS) -> floa
     return None
 
 
+def hit_rate_decay(users: list[Any]) -> float:
+    """``a`` in hit rate ~ rank ** -a: a least-squares line through log hit rate against
+    log rank over the candidate ranks, each rank weighted by the square root of its hits."""
+    hits = np.zeros(POOL)
+    counts = np.zeros(POOL)
+    for rows, _, relevant, _ in users:
+        hits[: len(rows)] += [r in relevant for r in rows.tolist()]
+        counts[: len(rows)] += 1
+    ok = hits > 0
+    rank = np.arange(1, POOL + 1)[ok]
+    slope = np.polyfit(np.log(rank), np.log(hits[ok] / counts[ok]), 1, w=np.sqrt(hits[ok]))[0]
+    return float(-slope)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     data = load_movielens(args.data)
@@ -149,7 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return float(np.mean(nd)), float(np.mean(il))
 
         base_ndcg, base_ild = score(lambda u: np.arange(min(K, len(u[0]))))
-        out[name] = {"base": {"ndcg": base_ndcg, "diversity": base_ild}, "variants": {}}
+        out[name] = {
+            "base": {"ndcg": base_ndcg, "diversity": base_ild},
+            "hit_rate_decay": hit_rate_decay(users),
+            "variants": {},
+        }
         for variant, (picker, weights) in VARIANTS.items():
             if args.quick and variant not in QUICK_WEIGHTS:
                 continue
@@ -196,6 +215,8 @@ def print_report(record: dict[str, Any]) -> None:
         f"intra-list diversity change at -{s['max_ndcg_loss']:.0%} NDCG@10 "
         f"({s['users']} users per split, pool {s['pool']}; target +{s['target_gain']:.0%}):"
     )
+    decay = ", ".join(f"{k} {v['hit_rate_decay']:.2f}" for k, v in record["splits"].items())
+    print(f"hit rate ~ rank ** -a over the candidates: a = {decay}")
     names = list(record["splits"]["test"]["variants"])
     for v in names:
         cells = []

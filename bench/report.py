@@ -475,6 +475,12 @@ def diversity_section(rec: dict[str, Any], src: str) -> list[str]:
         ["variant", "validation", "test", "test points (weight: NDCG % / ILD %)"],
         [[n, cell("validation", n), cell("test", n), points(n)] for n in names],
     )
+    decay = [
+        f"{split} {_fmt(v.get('hit_rate_decay'), '.2f')}"
+        for split, v in splits.items()
+        if isinstance(v, dict)
+    ]
+    lines += ["", "Hit rate of a candidate rank ~ rank ** -a: a = " + ", ".join(decay) + "."]
     return lines
 
 
