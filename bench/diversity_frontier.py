@@ -14,7 +14,8 @@ Variants:
 - ``classic_mmr``: MMR on the raw scores, max cosine to the picks, pick order.
 - ``recommender``: what ``recommend(diversity=w)`` does (``diverse_picks``: MMR on
   ``rank ** -0.5`` with mean cosine, listed in score order). The record also holds how
-  the hit rate falls with rank (``hit_rate_decay``: a in rank ** -a), which that uses.
+  the hit rate falls with rank (``hit_rate_decay``: a in rank ** -a), which that uses,
+  and the hit rate of ranks 11-100 by quintile of similarity to the top 10.
 - ``swap_search``: the set maximizing ``sum(rank relevance x position gain) + w x ILD``,
   by swaps from the top 10 until none helps (a stronger optimizer of the same trade).
 - ``history_scaled``: ``recommender`` with the weight scaled per user by their history's
@@ -128,6 +129,26 @@ def hit_rate_decay(users: list[Any]) -> float:
     return float(-slope)
 
 
+def hit_rate_by_similarity(
+    users: list[Any], vectors: NDArray[np.float32], ranks: tuple[int, int] = (10, 100)
+) -> list[float]:
+    """Hit rate of the candidates at ``ranks`` (0-based, end excluded) in each quintile of
+    their mean cosine to the user's top 10: flat means a swap for a less similar
+    candidate costs only what its rank costs."""
+    sims, hits = [], []
+    for rows, _, relevant, _ in users:
+        pool = rows[ranks[0] : ranks[1]]
+        if not len(pool):
+            continue
+        sims.append((vectors[pool] @ vectors[rows[:K]].T).mean(axis=1))
+        hits.append(np.array([r in relevant for r in pool.tolist()], dtype=np.float64))
+    if not sims:
+        return []
+    sim, hit = np.concatenate(sims), np.concatenate(hits)
+    order = np.argsort(sim, kind="stable")
+    return [float(hit[part].mean()) for part in np.array_split(order, 5)]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     data = load_movielens(args.data)
@@ -167,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out[name] = {
             "base": {"ndcg": base_ndcg, "diversity": base_ild},
             "hit_rate_decay": hit_rate_decay(users),
+            "hit_rate_by_similarity_quintile": hit_rate_by_similarity(users, vectors),
             "variants": {},
         }
         for variant, (picker, weights) in VARIANTS.items():
@@ -217,6 +239,11 @@ def print_report(record: dict[str, Any]) -> None:
     )
     decay = ", ".join(f"{k} {v['hit_rate_decay']:.2f}" for k, v in record["splits"].items())
     print(f"hit rate ~ rank ** -a over the candidates: a = {decay}")
+    for split, v in record["splits"].items():
+        q = ", ".join(f"{h:.2%}" for h in v["hit_rate_by_similarity_quintile"])
+        print(
+            f"{split}: hit rate of ranks 11-100 by similarity-to-top-10 quintile (low..high): {q}"
+        )
     names = list(record["splits"]["test"]["variants"])
     for v in names:
         cells = []

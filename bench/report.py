@@ -481,6 +481,16 @@ def diversity_section(rec: dict[str, Any], src: str) -> list[str]:
         if isinstance(v, dict)
     ]
     lines += ["", "Hit rate of a candidate rank ~ rank ** -a: a = " + ", ".join(decay) + "."]
+    quint = [
+        f"{split} " + " / ".join(_fmt(100 * h, ".1f") for h in v["hit_rate_by_similarity_quintile"])
+        for split, v in splits.items()
+        if isinstance(v, dict) and v.get("hit_rate_by_similarity_quintile")
+    ]
+    if quint:
+        lines += [
+            "Hit rate (%) of candidates ranked 11-100 by quintile of mean cosine to the top 10, "
+            "least similar first: " + "; ".join(quint) + "."
+        ]
     return lines
 
 

@@ -52,7 +52,7 @@ DEFAULT_HALF_LIFE = 10.0
 # Diversity re-ranking (``recommend(diversity=...)``): MMR over the ``candidates`` best
 # items with relevance ``rank ** -RANK_DECAY`` (the hit rate of a candidate rank falls as
 # rank ** -0.56 on the MovieLens validation split, -0.51 on test, whatever the score gaps:
-# bench/results/diversity-20261128T160257Z.json) and mean cosine as redundancy; the picked
+# bench/results/diversity-20261128T161725Z.json) and mean cosine as redundancy; the picked
 # items are listed in score order. On the validation split SUGGESTED_DIVERSITY is the
 # largest weight that loses <= 5% NDCG@10 (-4.3%, +20.2% intra-list diversity); on the
 # test split it gives +18.1% diversity for -6.4% NDCG@10, where textbook MMR (max cosine,
