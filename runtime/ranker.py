@@ -208,7 +208,8 @@ def mmr_select(
 
     Raises:
         ConfigError: k <= 0, diversity outside [0, 1], unknown redundancy.
-        InputValueError: relevance and vectors disagree in length.
+        InputTypeError: relevance or vectors are not numbers.
+        InputValueError: relevance and vectors disagree in length, or hold NaN/inf.
     """
     k = _check_k(k)
     if redundancy not in REDUNDANCY:
@@ -217,12 +218,22 @@ def mmr_select(
         raise ConfigError(f"diversity must be a float in [0, 1], got {diversity!r}")
     if not 0.0 <= float(diversity) <= 1.0:
         raise ConfigError(f"diversity must be in [0, 1], got {diversity}")
-    rel = np.asarray(relevance, dtype=np.float64)
-    vec = np.asarray(vectors, dtype=np.float32)
+    try:
+        rel = np.asarray(relevance, dtype=np.float64)
+        vec = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(
+            f"relevance and vectors must be real-valued arrays ({exc}); pass numbers"
+        ) from exc
     if rel.ndim != 1 or vec.ndim != 2 or len(rel) != len(vec):
         raise InputValueError(
             f"relevance (shape {rel.shape}) and vectors (shape {vec.shape}) must be (p,) and "
             "(p, dim) for the same p candidates"
+        )
+    if not (np.isfinite(rel).all() and np.isfinite(vec).all()):
+        raise InputValueError(
+            "relevance and vectors must be finite (NaN or inf found); drop or fix those "
+            "candidates first"
         )
     p = len(rel)
     if p == 0:

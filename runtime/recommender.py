@@ -675,6 +675,7 @@ def diverse_picks(
 
     Raises:
         ConfigError: k <= 0, diversity outside [0, 1], rank_decay negative or not finite.
+        InputTypeError / InputValueError: vectors not a finite (p, dim) number array.
     """
     if (
         isinstance(rank_decay, bool)
@@ -683,8 +684,9 @@ def diverse_picks(
         or rank_decay < 0
     ):
         raise ConfigError(f"rank_decay must be a finite float >= 0, got {rank_decay!r}")
-    vecs = np.asarray(vectors, dtype=np.float32)
-    relevance = np.arange(1, len(vecs) + 1, dtype=np.float64) ** -float(rank_decay)
+    vecs = np.asarray(vectors)  # mmr_select checks the values
+    p = vecs.shape[0] if vecs.ndim else 0
+    relevance = np.arange(1, p + 1, dtype=np.float64) ** -float(rank_decay)
     return np.sort(mmr_select(relevance, vecs, k, diversity, redundancy="mean"))
 
 

@@ -276,6 +276,16 @@ def test_mmr_bad_arguments() -> None:
         ranker.mmr(np.ones((2, 3)))
     with pytest.raises(InputValueError, match="same p candidates"):
         mmr_select(np.ones(3), np.ones((2, 3)), k=2)
+    with pytest.raises(InputTypeError, match="must be real-valued arrays"):
+        mmr_select(["a", "b"], np.ones((2, 3)), k=2)
+    with pytest.raises(InputTypeError, match="must be real-valued arrays"):
+        mmr_select(np.ones(2), "not vectors", k=2)
+    for bad in (np.array([1.0, np.nan]), np.array([np.inf, 1.0])):
+        with pytest.raises(InputValueError, match="must be finite"):
+            mmr_select(bad, np.eye(2), k=2)
+    with pytest.raises(InputValueError, match="must be finite"):
+        mmr_select(np.ones(2), np.array([[1.0, 0.0], [np.nan, 0.0]]), k=2)
+    assert mmr_select(np.empty(0), np.empty((0, 3)), k=2).tolist() == []
 
 
 def test_topk_type() -> None:

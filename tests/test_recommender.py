@@ -171,6 +171,8 @@ def test_diverse_picks_by_rank() -> None:
     assert diverse_picks(v, 2, 0.15, rank_decay=0.01).tolist() == [0, 4]
     with pytest.raises(ConfigError, match="diversity must be in"):
         diverse_picks(v, 2, 1.5)
+    with pytest.raises(InputTypeError, match="must be real-valued arrays"):
+        diverse_picks([["x", "y"]], 2, 0.5)
     for bad in (-1.0, float("nan"), "0.5"):
         with pytest.raises(ConfigError, match="rank_decay must be a finite float >= 0"):
             diverse_picks(v, 2, 0.5, rank_decay=bad)  # type: ignore[arg-type]
