@@ -243,11 +243,9 @@ def _source_stamp(source: Path) -> str:
 def _code_stamp() -> str:
     """What identifies bertrec's exporter and quantizer: the text of their modules, so a
     changed recipe re-exports the cached benchmark models."""
-    h = hashlib.sha256()
-    for folder in ("export", "quantize"):
-        for p in sorted((REPO / folder).glob("*.py")):
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    from bertrec.demo import exporter_stamp
+
+    return exporter_stamp()
 
 
 def exported_model_dir(
