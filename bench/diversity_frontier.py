@@ -1,6 +1,6 @@
 """How much intra-list diversity each re-ranking buys for 5% of NDCG@10 on MovieLens.
 
-    python -m bench.diversity_frontier           # 610 users, both splits (~4 min)
+    python -m bench.diversity_frontier           # 610 users, both splits (~1 min)
     python -m bench.diversity_frontier --quick   # 100 users, fewer weights (< 1 min)
 
 Same protocol, model and Recommender defaults as bench/recsys_eval.py. Each user's 300

@@ -44,7 +44,6 @@ from bertrec.runtime.movielens import (
     split_movielens,
     temporal_split,
 )
-from bertrec.runtime.ranker import mmr_select
 from bertrec.runtime.recommender import SUGGESTED_DIVERSITY, Recommender
 
 # Acceptance (the issue): defaults >= 1.15x popularity NDCG@10; diversity re-ranking at
@@ -57,8 +56,6 @@ MAX_INT8_NDCG_CHANGE = 0.02
 # Recommender's re-ranking (rank relevance, mean-cosine MMR) weights tried on validation and
 # test; the largest one losing <= MAX_MMR_NDCG_LOSS on validation should be SUGGESTED_DIVERSITY.
 DIVERSITY_SWEEP = (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8)
-# Textbook MMR (max cosine, on the raw scores of the same candidates), for comparison.
-CLASSIC_MMR_SWEEP = (0.3, 0.4, 0.5)
 QUICK_USERS = 100
 # Sweep settings within this share of the best mean NDCG ratio count as tied.
 PICK_TOLERANCE = 0.01
@@ -122,31 +119,6 @@ def paired_change_ci(base: Any, other: Any, rounds: int = 2000, seed: int = 0) -
     return [float(np.quantile(change, 0.025)), float(np.quantile(change, 0.975))]
 
 
-class ClassicMMR:
-    """Textbook MMR over a Recommender's candidates: raw scores as relevance, max cosine as
-    redundancy, pick order as list order (what ``recommend`` did before rank relevance)."""
-
-    def __init__(self, rec: Recommender, item_ids: Any) -> None:
-        self.rec = rec
-        self.vectors = rec.vectors
-        self.row = {m: i for i, m in enumerate(item_ids)}
-
-    def recommend(
-        self,
-        history: Any,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude: Any = None,
-        diversity: float = 0.0,
-    ) -> list[tuple[Any, float]]:
-        pool = self.rec.recommend(
-            history, k=max(k, self.rec.candidates), exclude_seen=exclude_seen, exclude=exclude
-        )
-        scores = np.array([s for _, s in pool])
-        vecs = self.rec.vectors[[self.row[i] for i, _ in pool]]
-        return [pool[i] for i in mmr_select(scores, vecs, k, diversity)]
-
-
 def figures(m: Any) -> dict[str, float]:
     return {k: v for k, v in asdict(m).items() if k in ("ndcg", "recall", "diversity", "coverage")}
 
@@ -192,10 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     user_ndcg: dict[str, Any] = {}  # per-user NDCG@10 of the test rows, for paired CIs
 
     def score(
-        rec: Recommender | ClassicMMR,
-        splits: list[UserSplit],
-        keep: str | None = None,
-        **kw: Any,
+        rec: Recommender, splits: list[UserSplit], keep: str | None = None, **kw: Any
     ) -> dict[str, float]:
         m = evaluate(rec, splits, rec.vectors, ids, **kw)
         if keep:
@@ -251,36 +220,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows["validation_best_only"] = dict(best_val["test"])
     timings["test_s"] = time.perf_counter() - t0
 
-    # -- diversity re-ranking: the Recommender's, then textbook MMR, on both splits ----
+    # -- diversity re-ranking weights, on both splits (bench/diversity_frontier.py compares
+    # the Recommender's re-ranking with textbook MMR and other variants) ------------------
     t0 = time.perf_counter()
     val_base = score(build("fp32", pop_val), val)
     base = rows["defaults_fp32"]
     mmr_sweep = []
-    sweeps = [
-        ("recommender", d) for d in ((SUGGESTED_DIVERSITY,) if args.quick else DIVERSITY_SWEEP)
-    ]
-    sweeps += [] if args.quick else [("classic_mmr", d) for d in CLASSIC_MMR_SWEEP]
-    for method, d in sweeps:
-        row = {"method": method, "mmr_diversity": d}
+    for d in (SUGGESTED_DIVERSITY,) if args.quick else DIVERSITY_SWEEP:
+        row: dict[str, Any] = {"mmr_diversity": d}
         for name, splits, pop, ref in (
             ("validation", val, pop_val, val_base),
             ("test", test, pop_test, base),
         ):
-            rec = build("fp32", pop)
-            f = score(rec if method == "recommender" else ClassicMMR(rec, ids), splits, diversity=d)
+            f = score(build("fp32", pop), splits, diversity=d)
             f["ndcg_change"] = f["ndcg"] / ref["ndcg"] - 1
             f["diversity_change"] = f["diversity"] / ref["diversity"] - 1
             row[name] = f
         mmr_sweep.append(row)
         log(
-            f"  {method} diversity {d}: test NDCG {row['test']['ndcg_change']:+.1%}, "
+            f"  diversity {d}: test NDCG {row['test']['ndcg_change']:+.1%}, "
             f"ILD {row['test']['diversity_change']:+.1%}"
         )
     timings["diversity_s"] = time.perf_counter() - t0
     within = [
         r["mmr_diversity"]
         for r in mmr_sweep
-        if r["method"] == "recommender" and r["validation"]["ndcg_change"] >= -MAX_MMR_NDCG_LOSS
+        if r["validation"]["ndcg_change"] >= -MAX_MMR_NDCG_LOSS
     ]
     diversity_pick = max(within) if within else None
 
@@ -361,7 +326,7 @@ def print_report(record: dict[str, Any]) -> None:
     for row in record["mmr_sweep"]:
         v, t = row["validation"], row["test"]
         print(
-            f"  {row['method']:12s} {row['mmr_diversity']:.2f}: validation NDCG "
+            f"  {row['mmr_diversity']:.2f}: validation NDCG "
             f"{v['ndcg_change']:+.1%} ILD {v['diversity_change']:+.1%}; test NDCG "
             f"{t['ndcg']:.4f} ({t['ndcg_change']:+.1%}) ILD {t['diversity']:.3f} "
             f"({t['diversity_change']:+.1%})"

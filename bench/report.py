@@ -390,9 +390,9 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
     if mmr:
         lines += [
             "",
-            "Diversity re-ranking of the defaults (fp32), change against no re-ranking "
-            "(`recommender`: `recommend(diversity=...)`, MMR on rank with mean cosine; "
-            "`classic_mmr`: MMR on the raw scores with max cosine):",
+            "Diversity re-ranking of the defaults (fp32), `recommend(diversity=...)`, change "
+            "against no re-ranking (textbook MMR and other variants: the diversity frontier "
+            "section):",
             "",
         ]
 
@@ -401,7 +401,6 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
 
         lines += _md_table(
             [
-                "method",
                 "diversity",
                 "validation NDCG change",
                 "validation ILD change",
@@ -412,7 +411,6 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
             ],
             [
                 [
-                    str(r.get("method")),
                     _fmt(r.get("mmr_diversity"), ".2f"),
                     pct(r, "validation", "ndcg_change"),
                     pct(r, "validation", "diversity_change"),

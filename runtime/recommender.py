@@ -55,8 +55,8 @@ DEFAULT_HALF_LIFE = 10.0
 # bench/results/diversity-20261128T161725Z.json) and mean cosine as redundancy; the picked
 # items are listed in score order. On the validation split SUGGESTED_DIVERSITY is the
 # largest weight that loses <= 5% NDCG@10 (-4.3%, +20.2% intra-list diversity); on the
-# test split it gives +18.1% diversity for -6.4% NDCG@10, where textbook MMR (max cosine,
-# raw scores) gives +10.9% for -6.6% at 0.4 (bench/results/recsys-20261128T160148Z.json).
+# test split it gives +18.1% diversity for -6.4% NDCG@10 (bench/results/recsys-*.json),
+# where textbook MMR (max cosine, raw scores) gives +10.9% for -6.6% at 0.4 (diversity-*).
 DEFAULT_CANDIDATES = 300
 RANK_DECAY = 0.5
 SUGGESTED_DIVERSITY = 0.7
