@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# MovieLens ml-latest-small, read in place (never copied): tests, demo and bench take the
+# folder from this variable. Override it: make test MOVIELENS=/path/to/ml-latest-small
+MOVIELENS ?= ../shared/data/movielens-small
+export BERTREC_MOVIELENS := $(abspath $(MOVIELENS))
 
 .PHONY: test lint demo bench bench-smoke clean
 
@@ -27,9 +31,9 @@ test: $(VENV)/.deps-test
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.deps-test
-	$(BIN)/ruff check bertrec export runtime quantize tests bench
-	$(BIN)/ruff format --check bertrec export runtime quantize tests bench
-	$(BIN)/mypy bertrec export runtime quantize
+	$(BIN)/ruff check bertrec export runtime quantize examples tests bench
+	$(BIN)/ruff format --check bertrec export runtime quantize examples tests bench
+	$(BIN)/mypy bertrec export runtime quantize examples
 
 # Every benchmark, one after another (keep the machine otherwise idle), then the README.
 bench: $(VENV)/.deps-test
@@ -54,8 +58,9 @@ bench-smoke: $(VENV)/.deps-test
 	$(BIN)/python -m bench.ray_overhead --quick
 	$(BIN)/python -m bench.report --quick
 
+# The demo is a repository example (examples/movielens), so the root goes on the path.
 demo: $(VENV)/.deps-demo
-	$(BIN)/bertrec demo
+	PYTHONPATH=$(CURDIR) $(BIN)/bertrec demo --data $(BERTREC_MOVIELENS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

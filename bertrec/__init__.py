@@ -1,7 +1,9 @@
 """bertrec: fast, faithful BERT-family sentence encoders for recommendation and ranking.
 
-Importing bertrec loads only numpy, tokenizers and ONNX Runtime; export and
-quantization (torch, transformers, onnx) load when first used.
+The pipeline, one room each: ``export`` -> ``quantize`` -> ``runtime`` (encode) -> ``rank``
+-> ``recommend``, run as batch ``jobs`` or served online. Importing bertrec loads only
+numpy, tokenizers and ONNX Runtime; export and quantization (torch, transformers, onnx)
+and batch jobs (pyarrow, Ray) load when first used.
 """
 
 from __future__ import annotations
@@ -10,48 +12,45 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from bertrec.runtime.encoder import Encoder
-from bertrec.runtime.errors import (
+from bertrec.errors import (
     BertrecError,
-    CheckpointError,
     ConfigError,
+    FileFormatError,
     InputTypeError,
     InputValueError,
-    IntegrityError,
-    ManifestError,
     ModelMismatchError,
-    ModelNotFoundError,
-    OutputExistsError,
-    OutputNotWritableError,
+    NotFoundError,
+    OutputError,
     ProviderError,
-    UnsupportedModelError,
     ValidationFailedError,
 )
+from bertrec.rank import CosineRanker, TopK
+from bertrec.recommend import ItemCatalog, Recommender
+from bertrec.runtime.encoder import Encoder
 from bertrec.runtime.manifest import Manifest, Variant, read_manifest
-from bertrec.runtime.ranker import CosineRanker, TopK
-from bertrec.runtime.recommender import Recommender
 
 if TYPE_CHECKING:
     from bertrec.export.exporter import export_model
+    from bertrec.jobs import JobResult, encode_dataset, recommend_dataset
     from bertrec.quantize.quantizer import add_variant
-    from bertrec.runtime.batch import BatchResult, encode_dataset, recommend_dataset
 
 __all__ = [
-    "BatchResult",
     "BertrecError",
-    "CheckpointError",
     "ConfigError",
+    "CosineRanker",
     "Encoder",
+    "FileFormatError",
     "InputTypeError",
     "InputValueError",
-    "IntegrityError",
+    "ItemCatalog",
+    "JobResult",
     "Manifest",
-    "ManifestError",
-    "ModelNotFoundError",
-    "OutputExistsError",
-    "OutputNotWritableError",
+    "ModelMismatchError",
+    "NotFoundError",
+    "OutputError",
     "ProviderError",
-    "UnsupportedModelError",
+    "Recommender",
+    "TopK",
     "ValidationFailedError",
     "Variant",
     "__version__",
@@ -60,10 +59,6 @@ __all__ = [
     "export_model",
     "read_manifest",
     "recommend_dataset",
-    "CosineRanker",
-    "ModelMismatchError",
-    "Recommender",
-    "TopK",
 ]
 
 
@@ -77,9 +72,9 @@ def __getattr__(name: str) -> Any:
         from bertrec.quantize.quantizer import add_variant
 
         return add_variant
-    if name in ("BatchResult", "encode_dataset", "recommend_dataset"):
+    if name in ("JobResult", "encode_dataset", "recommend_dataset"):
         # Batch jobs need pyarrow (an extra); Ray loads only inside a Ray job.
-        from bertrec.runtime import batch
+        from bertrec import jobs
 
-        return getattr(batch, name)
+        return getattr(jobs, name)
     raise AttributeError(f"module 'bertrec' has no attribute {name!r}")

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bertrec.runtime.errors import BertrecError
+from bertrec.errors import BertrecError, ProviderError
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -68,17 +68,32 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from bertrec.demo import run_demo
+def _check(args: argparse.Namespace) -> int:
+    from bertrec.quantize.checks import check_model
 
+    check_model(args.model_dir)
+    _print_manifest(args.model_dir)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo is an example of the repository (examples/movielens), not of the installed
+    # library: it runs from a checkout, where the repository root is importable.
+    try:
+        from examples.movielens.demo import run_demo
+    except ImportError as exc:
+        raise ProviderError(
+            "bertrec demo runs from a checkout of the bertrec repository: run `make demo` or "
+            "`python -m examples.movielens --data DIR` in its root"
+        ) from exc
     return run_demo(data_dir=args.data, model_dir=args.model, users=args.users)
 
 
-# -- batch jobs: bertrec.runtime.batch (pyarrow; Ray only with --ray) ---------------------
+# -- batch jobs: bertrec.jobs (pyarrow; Ray only with --ray) --------------------------------
 
 
 def _encode_job(args: argparse.Namespace) -> int:
-    from bertrec.runtime.batch import encode_dataset
+    from bertrec.jobs import encode_dataset
 
     result = encode_dataset(
         args.input,
@@ -99,7 +114,7 @@ def _encode_job(args: argparse.Namespace) -> int:
 
 
 def _recommend_job(args: argparse.Namespace) -> int:
-    from bertrec.runtime.batch import recommend_dataset
+    from bertrec.jobs import recommend_dataset
 
     result = recommend_dataset(
         args.users,
@@ -107,6 +122,8 @@ def _recommend_job(args: argparse.Namespace) -> int:
         args.store,
         k=args.k,
         exclude_seen=args.exclude_seen,
+        diversity=args.diversity,
+        on_unknown=args.on_unknown,
         user_column=args.user_column,
         history_column=args.history_column,
         ray_address=args.ray,
@@ -168,6 +185,18 @@ def _add_batch_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         default=True,
         help="leave out items already in the history",
     )
+    r.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        help="diversity re-ranking weight in [0, 1] (0.7 is the MovieLens-tuned trade)",
+    )
+    r.add_argument(
+        "--on-unknown",
+        choices=("error", "skip"),
+        default="error",
+        help="history ids not in the catalog: reject the user, or leave the ids out",
+    )
     _add_batch_options(r)
     r.set_defaults(func=_recommend_job)
 
@@ -200,8 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir")
     i.set_defaults(func=_info)
 
+    c = sub.add_parser(
+        "check",
+        help="measure OpenVINO bf16 against fp32 and record it in the manifest",
+        description="Encoder(model_dir) picks bf16 automatically only where this is recorded "
+        "and close to fp32; export runs it where the machine can.",
+    )
+    c.add_argument("model_dir")
+    c.set_defaults(func=_check)
+
     d = sub.add_parser("demo", help="offline MovieLens recommendation demo")
-    d.add_argument("--data", default=None, help="MovieLens ml-latest-small folder")
+    d.add_argument(
+        "--data",
+        default=None,
+        help="MovieLens ml-latest-small folder (default: $BERTREC_MOVIELENS)",
+    )
     d.add_argument("--model", default=None, help="model directory (default: cached export)")
     d.add_argument("--users", type=int, default=3, help="users to show")
     d.set_defaults(func=_demo)
@@ -219,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except BertrecError as exc:
         print(f"bertrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # environmental (disk full, permissions): one line, no traceback
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"bertrec {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,12 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bertrec.runtime.errors import (
-    CheckpointError,
+from bertrec.core import replace_dir, sha256_file, temp_dir_beside
+from bertrec.errors import (
     ConfigError,
-    OutputExistsError,
-    OutputNotWritableError,
-    UnsupportedModelError,
+    FileFormatError,
+    OutputError,
     ValidationFailedError,
 )
 from bertrec.runtime.fidelity import fidelity
@@ -36,9 +34,7 @@ from bertrec.runtime.manifest import (
     PRECISIONS,
     Manifest,
     Variant,
-    default_mode,
     model_filename,
-    sha256_file,
     write_manifest,
 )
 from bertrec.runtime.texts import default_sentences
@@ -99,10 +95,10 @@ def export_model(
         The path of the model directory.
 
     Raises:
-        ModelNotFoundError, UnsupportedModelError, CheckpointError: bad source.
+        NotFoundError, ConfigError, FileFormatError: bad source.
         ConfigError: bad precision, pooling, max_length or opset.
-        OutputExistsError: ``output_dir`` exists and ``overwrite`` is False.
-        OutputNotWritableError: the output location cannot be written.
+        OutputError: ``output_dir`` exists and ``overwrite`` is False.
+        OutputError: the output location cannot be written.
         ValidationFailedError: the fp32 export does not match PyTorch closely enough.
     """
     precisions = parse_precisions(precision)
@@ -112,7 +108,7 @@ def export_model(
         raise ConfigError(f"opset must be an int from 14 to 21, got {opset!r}")
     info = resolve_source(source)
     if pooling is None and info.pooling_error:
-        raise UnsupportedModelError(info.pooling_error)
+        raise ConfigError(info.pooling_error)
     limit = info.position_limit
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
@@ -124,18 +120,11 @@ def export_model(
             )
     out = Path(output_dir).expanduser().absolute()
     if out.exists() and not overwrite:
-        raise OutputExistsError(
+        raise OutputError(
             f"output directory {str(out)!r} already exists; pass --overwrite (overwrite=True) "
             "to replace it, or choose another path"
         )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        os.chmod(tmp, default_mode(0o777))
-    except OSError as exc:
-        raise OutputNotWritableError(
-            f"cannot write to {str(out.parent)!r} ({exc}); choose a writable output directory"
-        ) from exc
+    tmp = temp_dir_beside(out)
 
     try:
         _build(
@@ -150,7 +139,7 @@ def export_model(
             validation_texts=validation_texts,
             calibration_texts=calibration_texts,
         )
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,17 +153,6 @@ def _pick(explicit: bool | None, from_source: bool | None, default: bool) -> boo
     return default if from_source is None else from_source
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; the old one goes only after the new one is in."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _load_model(info: SourceInfo) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -186,13 +164,13 @@ def _load_model(info: SourceInfo) -> tuple[Any, Any]:
             str(info.hf_dir), attn_implementation="eager", dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for bad files
-        raise CheckpointError(
+        raise FileFormatError(
             f"cannot load the checkpoint in {str(info.hf_dir)!r} ({type(exc).__name__}: "
             f"{str(exc)[:300]}); the weights or tokenizer files are corrupted or incomplete: "
             "re-download the model"
         ) from exc
     if not getattr(tokenizer, "is_fast", False):
-        raise CheckpointError(
+        raise FileFormatError(
             f"{str(info.hf_dir)!r} has no fast (Rust) tokenizer; bertrec needs tokenizer.json"
         )
     model.eval()
@@ -379,6 +357,12 @@ def _build(
         )
         bar.update()
     step("write")
+    from bertrec.quantize.checks import bf16_available, check_model
+
+    if bf16_available():
+        # Recorded now so that Encoder(model_dir) on such a CPU may pick bf16 without
+        # ever writing the directory itself.
+        check_model(tmp)
     bar.update()
     bar.close()
 

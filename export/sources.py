@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertrec.runtime.errors import (
-    CheckpointError,
-    ModelNotFoundError,
-    UnsupportedModelError,
+from bertrec.errors import (
+    ConfigError,
+    FileFormatError,
+    NotFoundError,
 )
 
 from .architectures import ARCHITECTURES, supported_architectures
@@ -48,7 +48,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
+        raise FileFormatError(
             f"cannot read {str(path)!r} ({exc}); the checkpoint is corrupted: re-download it"
         ) from exc
 
@@ -57,14 +57,14 @@ def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
     """The one pooling mode a sentence-transformers Pooling config asks for.
 
     Raises:
-        UnsupportedModelError: a mode bertrec cannot put in the graph, or several.
+        ConfigError: a mode bertrec cannot put in the graph, or several.
     """
     mode = cfg.get("pooling_mode")  # newer sentence-transformers: one string
     if isinstance(mode, str):
         mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
         if mode in ("mean", "cls", "max"):
             return mode
-        raise UnsupportedModelError(
+        raise ConfigError(
             f"{str(path)!r} asks for pooling {mode!r}; bertrec supports mean, cls, max. "
             "Pass --pooling to choose one explicitly"
         )
@@ -84,7 +84,7 @@ def _st_pooling(cfg: dict[str, Any], path: Path) -> str:
     ]
     chosen = [k for k, v in modes.items() if v]
     if other or len(chosen) != 1:
-        raise UnsupportedModelError(
+        raise ConfigError(
             f"{str(path)!r} asks for pooling {chosen + other}; bertrec supports exactly one of "
             "mean, cls, max. Pass --pooling to choose one explicitly"
         )
@@ -116,7 +116,7 @@ def _resolve_local(
         return root, None, None, _max_seq_length(root), None
     modules = _read_json(modules_file)
     if not isinstance(modules, list):
-        raise CheckpointError(f"{str(modules_file)!r} is not a list of modules")
+        raise FileFormatError(f"{str(modules_file)!r} is not a list of modules")
     hf_dir, pooling, normalize = root, None, False
     pooling_error: str | None = None
     for m in modules:
@@ -127,12 +127,12 @@ def _resolve_local(
         elif kind == _ST_POOLING:
             try:
                 pooling = _st_pooling(_read_json(sub / "config.json"), sub)
-            except UnsupportedModelError as exc:
+            except ConfigError as exc:
                 pooling_error = str(exc)  # fatal only if the caller does not pick a pooling
         elif kind == _ST_NORMALIZE:
             normalize = True
         else:
-            raise UnsupportedModelError(
+            raise ConfigError(
                 f"sentence-transformers module {kind!r} in {str(modules_file)!r} is not supported "
                 "(bertrec exports Transformer + Pooling + optional Normalize)"
             )
@@ -147,27 +147,27 @@ def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
             (downloaded only when the network and ``HF_HUB_OFFLINE`` allow).
 
     Raises:
-        ModelNotFoundError: the directory does not exist (and it is not a reachable Hub id).
-        CheckpointError: ``config.json`` is unreadable.
-        UnsupportedModelError: the architecture is outside the supported family.
+        NotFoundError: the directory does not exist (and it is not a reachable Hub id).
+        FileFormatError: ``config.json`` is unreadable.
+        ConfigError: the architecture is outside the supported family.
     """
     if not isinstance(source, (str, os.PathLike)) or not str(source):
-        raise ModelNotFoundError(f"source must be a non-empty path or Hub id, got {source!r}")
+        raise NotFoundError(f"source must be a non-empty path or Hub id, got {source!r}")
     root = Path(source).expanduser()
     if not root.exists():
         root = _download(str(source))
     if not root.is_dir():
-        raise ModelNotFoundError(f"source {str(source)!r} is not a directory")
+        raise NotFoundError(f"source {str(source)!r} is not a directory")
     hf_dir, pooling, normalize, max_length, pooling_error = _resolve_local(root)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise ModelNotFoundError(
+        raise NotFoundError(
             f"{str(hf_dir)!r} has no config.json: it is not a Hugging Face checkpoint directory"
         )
     config = _read_json(config_path)
     model_type = str(config.get("model_type", ""))
     if model_type not in ARCHITECTURES:
-        raise UnsupportedModelError(
+        raise ConfigError(
             f"architecture {model_type!r} of {str(source)!r} is not supported; bertrec exports "
             f"the BERT family: {', '.join(supported_architectures())}"
         )
@@ -179,13 +179,13 @@ def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
 def _download(repo_id: str) -> Path:
     looks_like_hub_id = repo_id.count("/") == 1 and not repo_id.startswith((".", "/", "~"))
     if not looks_like_hub_id:
-        raise ModelNotFoundError(f"source {repo_id!r} does not exist; pass a checkpoint directory")
+        raise NotFoundError(f"source {repo_id!r} does not exist; pass a checkpoint directory")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id))
     except Exception as exc:  # offline, unknown repo, auth: all mean "not available here"
-        raise ModelNotFoundError(
+        raise NotFoundError(
             f"source {repo_id!r} is not a local directory and could not be fetched from the Hub "
             f"({type(exc).__name__}: {exc}); download it first and pass the directory"
         ) from exc

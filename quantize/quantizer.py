@@ -25,16 +25,15 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
-from bertrec.runtime.errors import ConfigError, InputValueError, ValidationFailedError
+from bertrec.core import default_mode, sha256_file
+from bertrec.errors import ConfigError, InputValueError, ValidationFailedError
 from bertrec.runtime.fidelity import fidelity
 from bertrec.runtime.manifest import (
     TOKENIZER_NAME,
     Manifest,
     Variant,
-    default_mode,
     model_filename,
     read_manifest,
-    sha256_file,
     verify_variant,
     write_manifest,
 )
@@ -56,9 +55,8 @@ class Gate:
 
 # MatMul groups returned to fp32, one more per step, when the gate fails. The first step
 # is the default recipe: every FFN down-projection plus the first layer's up-projection
-# (the most sensitive one). Keeping it raised mean cosine 0.9963 -> 0.9967 and p1 0.9929 ->
-# 0.9940 (bench/int8_frontier.py) and took the MovieLens NDCG@10 change of int8 from -2.3%
-# to -0.8% (bench/recsys_eval.py); the speed cost is within run-to-run spread.
+# (the most sensitive one; bench/int8_frontier.py and bench/recsys_eval.py measure what
+# keeping it buys, quantize/README.md shows the figures).
 FALLBACK_LADDER: tuple[tuple[str, ...], ...] = (
     ("ffn_down", "first_ffn_up"),
     ("ffn_down", "ffn_up"),
@@ -150,7 +148,8 @@ def _encode_file(
     """Run a candidate file through the real Encoder, from a scratch copy of the directory."""
     from bertrec.runtime.encoder import Encoder
 
-    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".check-") as scratch:
+    # Scratch space outside the model directory: nothing of it may ship with the model.
+    with tempfile.TemporaryDirectory(prefix="bertrec-check-") as scratch:
         s = Path(scratch)
         shutil.copy2(model_dir / TOKENIZER_NAME, s / TOKENIZER_NAME)
         shutil.copy2(candidate, s / variant.file)
@@ -184,7 +183,7 @@ def add_variant(
         The manifest entry of the new variant.
 
     Raises:
-        ModelNotFoundError / ManifestError / IntegrityError: bad model directory.
+        NotFoundError / FileFormatError / FileFormatError: bad model directory.
         ConfigError: unknown precision, or the fp32 source is already quantized.
         InputValueError: empty calibration text.
         ValidationFailedError: the gate fails even with every MatMul back in fp32.

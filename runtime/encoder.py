@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,18 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from .batching import plan_batches
-from .errors import ConfigError, InputTypeError, InputValueError, ModelNotFoundError
-from .manifest import TOKENIZER_NAME, Manifest, read_manifest, write_manifest
-from .openvino_runner import BF16_MIN_COS, OpenVinoRunner, cpu_has_bf16, openvino_importable
+from bertrec.errors import ConfigError, InputTypeError, InputValueError, NotFoundError
+
+from .manifest import TOKENIZER_NAME, Manifest, read_manifest
+from .openvino_runner import (
+    BF16_CHECK,
+    BF16_MIN_COS,
+    OpenVinoRunner,
+    cpu_has_bf16,
+    openvino_importable,
+)
 from .ort_runner import OrtRunner
+from .planning import plan_batches
 from .providers import cuda_usable
 
 log = logging.getLogger("bertrec.runtime")
@@ -30,7 +37,7 @@ log = logging.getLogger("bertrec.runtime")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 
-# Padded tokens per batch. Chosen by bench/batching.py: on CPU, small batches stay in
+# Padded tokens per batch. Chosen by bench/token_budget.py: on CPU, small batches stay in
 # cache and run fastest; on CUDA, larger batches keep the GPU busy.
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
 
@@ -47,21 +54,29 @@ def _physical_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-_warned_no_cuda = False
+_noted_no_cuda = False
 
 
-def _warn_cuda_fallback_once() -> None:
-    """device='auto' on a machine whose ONNX Runtime lists CUDA but cannot start it."""
-    global _warned_no_cuda
-    if not _warned_no_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        log.warning("CUDAExecutionProvider is installed but not usable here; using the CPU")
-        _warned_no_cuda = True
+def _note_cuda_fallback_once() -> None:
+    """device='auto' on a machine whose ONNX Runtime lists CUDA but cannot start it: worth a
+    debug line, not a warning (CUDA was not asked for)."""
+    global _noted_no_cuda
+    if not _noted_no_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        log.debug("CUDAExecutionProvider is installed but not usable here; using the CPU")
+        _noted_no_cuda = True
 
 
-def choose_backend(backend: str, device: str, precision: str) -> tuple[str, str]:
+def bf16_check(manifest: Manifest) -> dict[str, Any] | None:
+    """The OpenVINO bf16 fidelity check recorded in the manifest (``bertrec check``), if any."""
+    return manifest.runtime_checks.get(BF16_CHECK)
+
+
+def choose_backend(
+    backend: str, device: str, precision: str, manifest: Manifest | None = None
+) -> tuple[str, str]:
     """The backend to use and why, for the ``auto`` rules in ``Encoder``'s docstring."""
     if device == "auto" and not cuda_usable():
-        _warn_cuda_fallback_once()
+        _note_cuda_fallback_once()
     if backend == "openvino":
         if device == "cuda":
             raise ConfigError("backend='openvino' runs on the CPU; use device='cpu' or 'auto'")
@@ -78,7 +93,18 @@ def choose_backend(backend: str, device: str, precision: str) -> tuple[str, str]
         return "onnxruntime", "OpenVINO is not installed (pip install 'bertrec[openvino]')"
     if not cpu_has_bf16():
         return "onnxruntime", "this CPU has no bf16 instructions; int8 is faster here"
-    return "openvino", "CPU has bf16 instructions and OpenVINO is installed"
+    if precision == "auto" and manifest is not None:
+        check = bf16_check(manifest)
+        if check is None:
+            return "onnxruntime", (
+                "the model's bf16 fidelity is not recorded; `bertrec check MODEL_DIR` records it"
+            )
+        if float(check.get("min_cos", 0.0)) < BF16_MIN_COS:
+            return "onnxruntime", (
+                f"bf16 min cosine {float(check.get('min_cos', 0.0)):.6f} < {BF16_MIN_COS} on "
+                "this model (recorded by `bertrec check`)"
+            )
+    return "openvino", "CPU has bf16 instructions, OpenVINO is installed, bf16 fidelity recorded"
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -122,14 +148,20 @@ class Encoder:
             ``DEFAULT_MAX_BATCH_TOKENS``).
         threads: intra-op threads (default: the CPUs this process may use).
         backend: ``onnxruntime``, ``openvino`` or ``auto``: ONNX Runtime on CUDA when it
-            works; else OpenVINO bf16 when OpenVINO is installed and the CPU has bf16
-            instructions; else ONNX Runtime on the CPU. ``encoder.backend_reason`` says why.
+            works; else OpenVINO bf16 when OpenVINO is installed, the CPU has bf16
+            instructions and the model's bf16 fidelity is recorded and good (``bertrec
+            check MODEL_DIR``, run by export where it can); else ONNX Runtime on the CPU.
+            ``encoder.backend_reason`` says why.
+        verify: check each model file's sha256 against the manifest at load (on by
+            default; False skips the read of the whole file, sizes are still checked).
+
+    The Encoder only reads its model directory: every file keeps its bytes and mtime.
 
     Texts longer than the manifest's ``max_length`` tokens are truncated, as
     sentence-transformers does. ``encode`` is safe to call from several threads.
 
     Raises:
-        ModelNotFoundError / ManifestError / IntegrityError: bad model directory.
+        NotFoundError / FileFormatError / FileFormatError: bad model directory.
         ConfigError: unknown precision, device or backend; bad budget or thread count.
         ProviderError: ``device="cuda"`` where CUDA is not available, or
             ``backend="openvino"`` without OpenVINO installed.
@@ -144,6 +176,7 @@ class Encoder:
         max_batch_tokens: int | None = None,
         threads: int | None = None,
         backend: str = "auto",
+        verify: bool = True,
     ) -> None:
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
@@ -156,16 +189,20 @@ class Encoder:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.threads = threads or _physical_cores()
-        self.backend, self.backend_reason = choose_backend(backend, device, precision)
+        self.backend, self.backend_reason = choose_backend(
+            backend, device, precision, self.manifest
+        )
         log.info("bertrec backend: %s (%s)", self.backend, self.backend_reason)
         self._runner: OrtRunner | OpenVinoRunner
         if self.backend == "openvino":
-            self._runner = OpenVinoRunner(self.model_dir, self.manifest, precision, self.threads)
+            self._runner = OpenVinoRunner(
+                self.model_dir, self.manifest, precision, self.threads, verify
+            )
         else:
             if precision == "bf16":
                 raise ConfigError("precision='bf16' runs on backend='openvino' only")
             self._runner = OrtRunner(
-                self.model_dir, self.manifest, precision, device, io_binding, self.threads
+                self.model_dir, self.manifest, precision, device, io_binding, self.threads, verify
             )
         self.device = self._runner.device
         self.precision = self._runner.precision
@@ -178,46 +215,13 @@ class Encoder:
         self.max_length = self.manifest.max_length
         self._tokenizer = self._load_tokenizer()
         self._inputs = self._runner.input_names
-        if self.backend == "openvino" and self.precision == "bf16":
-            self._check_bf16()
 
     # -- construction -------------------------------------------------------------------
-
-    def _check_bf16(self) -> None:
-        """First use of bf16 on this model: compare with ONNX Runtime fp32 on the packaged
-        sentences, record the figures in the manifest, and fall back to f32 if they miss."""
-        key = "openvino-bf16"
-        check = self.manifest.runtime_checks.get(key)
-        if check is None:
-            from .fidelity import fidelity
-            from .texts import default_sentences
-
-            texts = default_sentences()
-            got = self.encode(texts)
-            ref = Encoder(
-                self.model_dir, "fp32", "cpu", threads=self.threads, backend="onnxruntime"
-            ).encode(texts)
-            check = {**fidelity(got, ref), "reference": "onnxruntime fp32, packaged sentences"}
-            self.manifest = replace(
-                self.manifest, runtime_checks={**self.manifest.runtime_checks, key: check}
-            )
-            try:
-                write_manifest(self.model_dir, self.manifest)
-            except OSError as exc:  # a read-only model directory still works
-                log.info("could not record the bf16 check in the manifest: %s", exc)
-        if float(check["min_cos"]) < BF16_MIN_COS:
-            log.warning(
-                "OpenVINO bf16 min cosine %.6f < %s on this model; using f32 instead",
-                float(check["min_cos"]),
-                BF16_MIN_COS,
-            )
-            self._runner = OpenVinoRunner(self.model_dir, self.manifest, "fp32", self.threads)
-            self.precision = "fp32"
 
     def _load_tokenizer(self) -> Tokenizer:
         path = self.model_dir / TOKENIZER_NAME
         if not path.is_file():
-            raise ModelNotFoundError(f"{str(path)!r} is missing; re-export the model")
+            raise NotFoundError(f"{str(path)!r} is missing; re-export the model")
         tok = Tokenizer.from_file(str(path))
         tok.no_padding()  # we pad per batch, after sorting by length
         tok.enable_truncation(max_length=self.max_length)
@@ -229,6 +233,13 @@ class Encoder:
     def fingerprint(self) -> str:
         """The model's identity (sha256 of its fp32 file), shared by all its variants."""
         return self.manifest.fingerprint
+
+    @property
+    def variant(self) -> str:
+        """What made the vectors: the precision and the file that ran, e.g. ``int8:3fa4...``
+        (bf16 runs the fp32 file). Stores record it; see ``ItemCatalog.check_encoder``."""
+        file = "fp32" if self.precision == "bf16" else self.precision
+        return f"{self.precision}:{self.manifest.variants[file].sha256[:12]}"
 
     def encode(
         self,

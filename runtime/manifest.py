@@ -5,15 +5,14 @@ runtime/ owns this format; export/ and quantize/ write it, the Encoder reads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, ManifestError, ModelNotFoundError
+from bertrec.core import atomic_write_json, sha256_file
+from bertrec.errors import FileFormatError, NotFoundError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -26,15 +25,6 @@ POOLINGS = ("mean", "cls", "max")
 def model_filename(precision: str) -> str:
     """File name of a precision variant inside a model directory."""
     return f"model.{precision}.onnx"
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,9 @@ class Variant:
                 recipe=dict(data.get("recipe", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest variant entry is malformed ({exc!r}): {data!r}") from exc
+            raise FileFormatError(
+                f"manifest variant entry is malformed ({exc!r}): {data!r}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -98,10 +90,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if not isinstance(data, dict):
-            raise ManifestError(f"manifest must be a JSON object, got {type(data).__name__}")
+            raise FileFormatError(f"manifest must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ManifestError(
+            raise FileFormatError(
                 f"manifest schema_version {version!r} is not supported (this bertrec reads "
                 f"{SCHEMA_VERSION}); re-export the model with this version of bertrec"
             )
@@ -127,13 +119,13 @@ class Manifest:
                 schema_version=SCHEMA_VERSION,
             )
         except KeyError as exc:
-            raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
+            raise FileFormatError(f"manifest is missing the field {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest has a field of the wrong type: {exc}") from exc
+            raise FileFormatError(f"manifest has a field of the wrong type: {exc}") from exc
         if m.pooling not in POOLINGS:
-            raise ManifestError(f"manifest pooling {m.pooling!r} is not one of {POOLINGS}")
+            raise FileFormatError(f"manifest pooling {m.pooling!r} is not one of {POOLINGS}")
         if m.dim <= 0 or m.max_length <= 0:
-            raise ManifestError(f"manifest dim={m.dim} and max_length={m.max_length} must be > 0")
+            raise FileFormatError(f"manifest dim={m.dim} and max_length={m.max_length} must be > 0")
         return m
 
     def with_variant(self, variant: Variant) -> Manifest:
@@ -147,60 +139,45 @@ class Manifest:
         return v.sha256
 
 
-def default_mode(base: int = 0o666) -> int:
-    """``base`` with the process umask applied (mkstemp/mkdtemp create owner-only files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
-
-
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
     """Read and check ``manifest.json`` of a model directory."""
     path = Path(model_dir) / MANIFEST_NAME
     if not Path(model_dir).is_dir():
-        raise ModelNotFoundError(
+        raise NotFoundError(
             f"model directory {str(model_dir)!r} does not exist; create one with "
             "`bertrec export SOURCE OUTPUT_DIR`"
         )
     if not path.is_file():
-        raise ModelNotFoundError(
+        raise NotFoundError(
             f"{str(model_dir)!r} has no {MANIFEST_NAME}: it is not a bertrec model directory; "
             "create one with `bertrec export SOURCE OUTPUT_DIR`"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
+        raise FileFormatError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
     return Manifest.from_dict(data)
 
 
 def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(model_dir) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(Path(model_dir) / MANIFEST_NAME, manifest.to_dict())
 
 
-def verify_variant(model_dir: str | os.PathLike[str], variant: Variant) -> Path:
-    """Path of a variant's ONNX file after checking it exists and matches its sha256."""
+def verify_variant(
+    model_dir: str | os.PathLike[str], variant: Variant, check_hash: bool = True
+) -> Path:
+    """Path of a variant's ONNX file after checking it exists and matches its size and
+    (unless ``check_hash`` is False) its sha256."""
     path = Path(model_dir) / variant.file
     if not path.is_file():
-        raise ModelNotFoundError(
+        raise NotFoundError(
             f"{variant.precision} variant file {str(path)!r} named in the manifest is missing; "
             "re-export the model or run `bertrec quantize`"
         )
     size = path.stat().st_size
-    if size != variant.size_bytes or sha256_file(path) != variant.sha256:
-        raise IntegrityError(
+    if size != variant.size_bytes or (check_hash and sha256_file(path) != variant.sha256):
+        raise FileFormatError(
             f"{str(path)!r} does not match its manifest entry (size {size} vs "
             f"{variant.size_bytes}, or sha256 differs): the file was modified or truncated; "
             "re-export the model"

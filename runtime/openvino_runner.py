@@ -9,7 +9,6 @@ converter calls; bertrec never imports either, so nothing is sent.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from functools import lru_cache
@@ -19,12 +18,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError, ProviderError
+from bertrec.core import cache_dir
+from bertrec.errors import ConfigError, ProviderError
+
 from .manifest import Manifest, verify_variant
 
 log = logging.getLogger("bertrec.runtime")
 
+# bf16 is used by ``auto`` only where ``bertrec check`` recorded at least this min cosine.
 BF16_MIN_COS = 0.9999
+# The manifest key of that check (``Manifest.runtime_checks``).
+BF16_CHECK = "openvino-bf16"
 # Streams of the THROUGHPUT-mode model used by run_many.
 STREAMS = 2
 
@@ -52,15 +56,17 @@ def cpu_has_bf16() -> bool:
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "bertrec" / "openvino"
-
-
 class OpenVinoRunner:
     """Runs padded batches through an OpenVINO compiled model, one infer request a thread."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, precision: str, threads: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        precision: str,
+        threads: int,
+        verify: bool = True,
+    ) -> None:
         if not openvino_importable():
             raise ProviderError(
                 "backend='openvino' needs OpenVINO: pip install 'bertrec[openvino]'"
@@ -78,7 +84,7 @@ class OpenVinoRunner:
         if "fp32" not in manifest.variants:
             raise ConfigError(f"{str(model_dir)!r} has no fp32 variant for OpenVINO to read")
         variant = manifest.variants["fp32"]
-        path = verify_variant(model_dir, variant)
+        path = verify_variant(model_dir, variant, check_hash=verify)
         self.precision = "bf16" if precision == "auto" and cpu_has_bf16() else precision
         if self.precision == "auto":
             self.precision = "fp32"
@@ -89,7 +95,7 @@ class OpenVinoRunner:
         self.dim = manifest.dim
         core = _core()
         # Compiled blobs are cached per model file, so the second start skips compilation.
-        cache = cache_root() / variant.sha256[:16]
+        cache = cache_dir("openvino", variant.sha256[:16])
         try:
             cache.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache)})

@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from .errors import ConfigError, ProviderError
+from bertrec.errors import ConfigError, ProviderError
+
 from .manifest import Manifest, verify_variant
 from .providers import CPU, CUDA, cuda_usable
 
@@ -39,6 +40,7 @@ class OrtRunner:
         device: str,
         io_binding: bool | None,
         threads: int,
+        verify: bool = True,
     ) -> None:
         self.threads = threads
         self.output = manifest.output_name
@@ -55,7 +57,7 @@ class OrtRunner:
         self.precision = pick_variant(
             manifest, model_dir, precision, "fp16" if use_cuda else "int8"
         )
-        path = verify_variant(model_dir, manifest.variants[self.precision])
+        path = verify_variant(model_dir, manifest.variants[self.precision], check_hash=verify)
         providers = [CUDA, CPU] if use_cuda else [CPU]
         try:
             self.session = ort.InferenceSession(str(path), self._options(), providers=providers)

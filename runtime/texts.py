@@ -7,7 +7,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputValueError, ModelNotFoundError
+from bertrec.errors import InputValueError, NotFoundError
 
 
 @lru_cache(maxsize=1)
@@ -28,12 +28,12 @@ def read_text_file(path: str | os.PathLike[str]) -> list[str]:
     """Non-empty lines of a UTF-8 text file.
 
     Raises:
-        ModelNotFoundError: the file does not exist.
+        NotFoundError: the file does not exist.
         InputValueError: the file is not UTF-8 or has no non-empty line.
     """
     p = Path(path)
     if not p.is_file():
-        raise ModelNotFoundError(f"text file {str(p)!r} does not exist")
+        raise NotFoundError(f"text file {str(p)!r} does not exist")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -80,3 +80,25 @@ def test_console_script_help() -> None:
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True).stdout
     for sub in ("export", "quantize", "info", "demo"):
         assert sub in out
+
+
+def test_check_records_bf16_fidelity_or_says_why_not(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    import bertrec.quantize.checks as checks
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    if checks.bf16_available():
+        assert main(["check", str(d)]) == 0
+        check = read_manifest(d).runtime_checks["openvino-bf16"]
+        assert check["n"] > 100 and 0.99 < check["min_cos"] <= 1.0 + 1e-6
+    monkeypatch.setattr(checks, "bf16_available", lambda: False)
+    assert main(["check", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bf16 instructions" in err

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import bertrec
+import bertrec.errors
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -48,9 +51,63 @@ def test_public_api_names_resolve() -> None:
 def test_errors_subclass_builtins() -> None:
     assert issubclass(bertrec.ConfigError, ValueError)
     assert issubclass(bertrec.InputTypeError, TypeError)
-    assert issubclass(bertrec.ModelNotFoundError, FileNotFoundError)
-    assert issubclass(bertrec.OutputExistsError, FileExistsError)
+    assert issubclass(bertrec.NotFoundError, FileNotFoundError)
+    assert issubclass(bertrec.OutputError, OSError)
     for name in bertrec.__all__:
         obj = getattr(bertrec, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, bertrec.BertrecError)
+
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARY = ("bertrec", "export", "quantize", "runtime")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_runtime_reads_models_and_nothing_else() -> None:
+    """runtime/ owns the model directory: no export/quantize, torch, Ray, HTTP, datasets,
+    ranking or recommending code."""
+    banned = (
+        "bertrec.export",
+        "bertrec.quantize",
+        "bertrec.rank",
+        "bertrec.recommend",
+        "bertrec.jobs",
+        "examples",
+        "torch",
+        "transformers",
+        "ray",
+        "pyarrow",
+        "starlette",
+        "fastapi",
+        "uvicorn",
+    )
+    for path in sorted((REPO / "runtime").glob("*.py")):
+        bad = [m for m in _imports(path) if m.split(".")[0] in banned or m.startswith(banned)]
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_library_modules_stay_small() -> None:
+    for room in LIBRARY:
+        for path in sorted((REPO / room).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            assert lines <= 700, f"{path.relative_to(REPO)} has {lines} lines: it holds two jobs"
+
+
+def test_a_small_error_hierarchy() -> None:
+    errors = [
+        obj
+        for obj in vars(bertrec.errors).values()
+        if isinstance(obj, type) and issubclass(obj, bertrec.BertrecError)
+    ]
+    assert len(errors) <= 10

@@ -7,18 +7,24 @@ so memory stays bounded and the selection work shrinks as the thresholds rise.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import ConfigError, InputTypeError, InputValueError
+from bertrec.core import check_int, check_optional_int
+from bertrec.errors import InputTypeError, InputValueError
+from bertrec.rank.mmr import (
+    DEFAULT_CANDIDATES,
+    SUGGESTED_DIVERSITY,
+    check_diversity,
+    diverse_picks,
+)
 
-# Float32 scores of one block of catalog rows for a whole batch. 16 MiB beat 4 and 64 MiB
-# for 1,024 queries on 262k x 384 (1.8 s against 2.1 and 2.6 s, 2 EPYC cores) and tied
-# for 64 queries: larger GEMMs run faster until the block falls out of cache.
+# Float32 scores of one block of catalog rows for a whole batch: larger GEMMs run faster
+# until the block falls out of cache (bench/scorer.py measures the trade).
 BLOCK_BYTES = 16 << 20
 MIN_BLOCK_ROWS = 1024
 MAX_BLOCK_ROWS = 65536
@@ -29,8 +35,6 @@ SCAN_ROWS = 65536
 # A float32 row whose norm is this close to 1 is taken as already normalized, so a
 # normalized float32 catalog (e.g. a memory-mapped .npy) is used without a copy.
 NORM_TOL = 1e-5
-# How mmr_select measures a candidate's redundancy with the items already picked.
-REDUNDANCY = ("max", "mean")
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,7 @@ def _prepare_catalog(x: NDArray[Any]) -> NDArray[np.float32]:
 
 
 def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ConfigError(f"k must be an int, got {type(k).__name__} {k!r}")
-    if k <= 0:
-        raise ConfigError(f"k must be > 0, got {k}")
-    return int(k)
+    return check_int(k, "k")
 
 
 def _pad_value(ids: NDArray[Any]) -> object:
@@ -180,87 +180,6 @@ def select_topk(scores: NDArray[np.float32], k: int) -> NDArray[np.int64]:
     return cand[_order_candidates(scores[cand], cand, k)].astype(np.int64)
 
 
-def mmr_select(
-    relevance: ArrayLike,
-    vectors: ArrayLike,
-    k: int,
-    diversity: float = 0.3,
-    redundancy: str = "max",
-) -> NDArray[np.intp]:
-    """Maximal marginal relevance: greedily pick ``k`` of the candidates.
-
-    Each step takes the candidate maximizing
-    ``(1 - diversity) * relevance - diversity * redundancy``, where redundancy is the
-    candidate's max cosine to the ones already picked (Carbonell & Goldstein, 1998) or,
-    with ``redundancy="mean"``, its mean cosine to them (which targets intra-list
-    diversity, a mean over pairs, directly). ``diversity=0`` is the relevance order; ties
-    go to the lower candidate index, so candidates sorted best first keep their order.
-
-    Args:
-        relevance: (p,) scores of the candidates.
-        vectors: (p, dim) unit-norm vectors of the candidates.
-        k: how many to pick (at most p are returned).
-        diversity: the weight in [0, 1] of novelty against relevance.
-        redundancy: ``"max"`` or ``"mean"`` cosine to the picked candidates.
-
-    Returns:
-        Indices into the candidates, in pick order.
-
-    Raises:
-        ConfigError: k <= 0, diversity outside [0, 1], unknown redundancy.
-        InputTypeError: relevance or vectors are not numbers.
-        InputValueError: relevance and vectors disagree in length, or hold NaN/inf.
-    """
-    k = _check_k(k)
-    if redundancy not in REDUNDANCY:
-        raise ConfigError(f"unknown redundancy {redundancy!r}; choose from {', '.join(REDUNDANCY)}")
-    if isinstance(diversity, bool) or not isinstance(diversity, (int, float, np.floating)):
-        raise ConfigError(f"diversity must be a float in [0, 1], got {diversity!r}")
-    if not 0.0 <= float(diversity) <= 1.0:
-        raise ConfigError(f"diversity must be in [0, 1], got {diversity}")
-    try:
-        rel = np.asarray(relevance, dtype=np.float64)
-        vec = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputTypeError(
-            f"relevance and vectors must be real-valued arrays ({exc}); pass numbers"
-        ) from exc
-    if rel.ndim != 1 or vec.ndim != 2 or len(rel) != len(vec):
-        raise InputValueError(
-            f"relevance (shape {rel.shape}) and vectors (shape {vec.shape}) must be (p,) and "
-            "(p, dim) for the same p candidates"
-        )
-    if not (np.isfinite(rel).all() and np.isfinite(vec).all()):
-        raise InputValueError(
-            "relevance and vectors must be finite (NaN or inf found); drop or fix those "
-            "candidates first"
-        )
-    p = len(rel)
-    if p == 0:
-        return np.empty(0, dtype=np.intp)
-    lam = float(diversity)
-    # One row of similarities per pick (k x p), never the p x p matrix: a large pool
-    # costs memory linear in its size.
-    picked = np.empty(min(k, p), dtype=np.intp)
-    taken = np.zeros(p, dtype=bool)
-    max_sim = np.full(p, -np.inf)
-    sum_sim = np.zeros(p)
-    for step in range(len(picked)):
-        if step == 0:
-            penalty: NDArray[np.float64] | float = 0.0
-        else:
-            penalty = max_sim if redundancy == "max" else sum_sim / step
-        objective = (1.0 - lam) * rel - lam * penalty
-        objective[taken] = -np.inf
-        best = int(np.argmax(objective))
-        picked[step] = best
-        taken[best] = True
-        sims = (vec @ vec[best]).astype(np.float64)
-        np.maximum(max_sim, sims, out=max_sim)
-        sum_sim += sims
-    return picked
-
-
 class CosineRanker:
     """Exact top-k by cosine similarity over a fixed catalog of vectors.
 
@@ -289,11 +208,7 @@ class CosineRanker:
         block_rows: int | None = None,
     ) -> None:
         arr = _as_matrix(vectors, "vectors", (2,))
-        if block_rows is not None and (
-            isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows <= 0
-        ):
-            raise ConfigError(f"block_rows must be a positive int or None, got {block_rows!r}")
-        self.block_rows = block_rows
+        self.block_rows = check_optional_int(block_rows, "block_rows")
         self._vectors = _prepare_catalog(arr)
         n = len(self._vectors)
         if ids is None:
@@ -321,6 +236,18 @@ class CosineRanker:
     def __repr__(self) -> str:
         return f"CosineRanker(n={len(self)}, dim={self.dim})"
 
+    def find(self, ids: Iterable[Hashable]) -> NDArray[np.int64]:
+        """Catalog row of each id, -1 where the catalog lacks it.
+
+        Raises:
+            InputTypeError: ``ids`` is a str/bytes (pass a list of ids) or holds an unhashable.
+        """
+        if isinstance(ids, (str, bytes, bytearray, dict)):
+            raise InputTypeError(f"pass a list of ids, not a {type(ids).__name__}")
+        n = len(self)
+        rows = [self._row(item, n) for item in ids]
+        return np.asarray([-1 if r is None else r for r in rows], dtype=np.int64)
+
     def rows_of(self, ids: Iterable[Hashable], *, skip_unknown: bool = False) -> NDArray[np.int64]:
         """Catalog rows of ``ids``, in order.
 
@@ -332,24 +259,16 @@ class CosineRanker:
             InputTypeError: ``ids`` is a str/bytes (pass a list of ids) or holds an unhashable.
             InputValueError: an id is not in the catalog (unless ``skip_unknown``).
         """
-        if isinstance(ids, (str, bytes, bytearray)):
-            raise InputTypeError(f"pass a list of ids, not a single {type(ids).__name__}")
-        rows: list[int] = []
-        unknown: list[Hashable] = []
-        n = len(self)
-        for item in ids:
-            row = self._row(item, n)
-            if row is None:
-                unknown.append(item)
-            else:
-                rows.append(row)
-        if unknown and not skip_unknown:
+        items = ids if isinstance(ids, (str, bytes, bytearray, dict)) else list(ids)
+        found = self.find(items)
+        if not skip_unknown and (found < 0).any():
+            unknown = [items[i] for i in np.flatnonzero(found < 0)]
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise InputValueError(
                 f"{len(unknown)} id(s) not in the catalog: {shown}"
-                f"{', ...' if len(unknown) > 5 else ''}"
+                f"{', ...' if len(unknown) > 5 else ''}; pass on_unknown='skip' to leave them out"
             )
-        return np.asarray(rows, dtype=np.int64)
+        return found[found >= 0]
 
     def _row(self, item: object, n: int) -> int | None:
         try:
@@ -437,6 +356,42 @@ class CosineRanker:
             ids[rows2 < 0] = self._pad
         return TopK(ids=ids, scores=scores2, rows=rows2)
 
+    def mmr(
+        self,
+        query: ArrayLike,
+        k: int = 10,
+        diversity: float = SUGGESTED_DIVERSITY,
+        candidates: int = DEFAULT_CANDIDATES,
+        exclude: Collection[Hashable] | None = None,
+    ) -> TopK:
+        """Top-k of one query with diversity re-ranking (the ``Recommender``'s own).
+
+        Takes the ``candidates`` most similar items, then keeps ``k`` of them picked by
+        ``diverse_picks`` (MMR on rank relevance with mean-cosine redundancy); the kept
+        items stay in score order.
+
+        Args:
+            query: one (dim,) vector.
+            k: items to return.
+            diversity: weight of novelty in [0, 1]; 0 is plain ``topk``.
+            candidates: size of the pool re-ranked; raised to ``k`` when smaller.
+            exclude: ids to leave out, as in ``topk``.
+
+        Returns:
+            ``TopK`` (1-D), best first; ``scores`` are the cosine similarities.
+
+        Raises:
+            ConfigError: k or candidates not a positive int, diversity outside [0, 1].
+            InputTypeError / InputValueError: as ``topk``.
+        """
+        k = _check_k(k)
+        candidates = check_int(candidates, "candidates")
+        check_diversity(diversity)
+        q = _as_matrix(query, "query", (1,))
+        pool = self.topk(q, k=max(k, candidates), exclude=exclude)
+        keep = diverse_picks(self._vectors[pool.rows], k, diversity)
+        return TopK(ids=pool.ids[keep], scores=pool.scores[keep], rows=pool.rows[keep])
+
     def _topk_one(
         self, q: NDArray[np.float32], k: int, excluded: NDArray[np.int64] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -449,88 +404,95 @@ class CosineRanker:
         return s[best], best
 
     def _block_rows(self, n_queries: int) -> int:
-        if self.block_rows is not None:
-            return self.block_rows
-        rows = BLOCK_BYTES // (4 * n_queries)
-        return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows)))
+        return self.block_rows if self.block_rows is not None else block_rows_for(n_queries)
 
     def _topk_batch(
         self, q: NDArray[np.float32], k: int, excluded: list[Any]
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         nq, n = len(q), len(self)
-        best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-        best_r = np.full((nq, k), -1, dtype=np.int64)
-        # A score must beat its query's threshold to be a candidate. Thresholds start at
-        # -inf (so excluded items never qualify) and rise to the running k-th best at each
-        # merge; a stale, lower threshold only lets more candidates through.
-        thr = np.full((nq, 1), -np.inf, dtype=np.float32)
-        ex_q, ex_r = _flatten_exclusions(excluded)
         block = self._block_rows(nq)
         buf = np.empty((nq, min(block, n)), dtype=np.float32)
-        pend_q: list[NDArray[np.intp]] = []
-        pend_r: list[NDArray[np.int64]] = []
-        pend_s: list[NDArray[np.float32]] = []
-        pending = 0
-        for start in range(0, n, block):
-            stop = min(start + block, n)
+
+        def score(start: int, stop: int) -> NDArray[np.float32]:
             s = buf if stop - start == buf.shape[1] else np.empty((nq, stop - start), np.float32)
-            np.matmul(q, self._vectors[start:stop].T, out=s)
-            lo, hi = np.searchsorted(ex_r, (start, stop))
-            if hi > lo:
-                s[ex_q[lo:hi], ex_r[lo:hi] - start] = -np.inf
-            if start == 0 and stop - start > k:
-                # Seed the thresholds with the first block's k-th best: without it every
-                # score of the first block would be a candidate.
-                thr = np.partition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k :][:, :1]
-                # >= keeps the first block's ties at the k-th score; later blocks only
-                # need to beat it strictly (on a tie the earlier, lower row wins).
-                qi, ci = np.nonzero((s >= thr) & (s > -np.inf))
-            else:
-                qi, ci = _above(s, thr)
-            if len(qi):
-                pend_q.append(qi)
-                pend_r.append(ci + start)
-                pend_s.append(s[qi, ci])
-                pending += len(qi)
-            if pending > 2 * nq * k or stop == n:
-                _merge(best_s, best_r, pend_q, pend_r, pend_s)
-                thr = best_s[:, k - 1 :].copy()
-                pend_q, pend_r, pend_s, pending = [], [], [], 0
-        return best_s, best_r
+            return np.matmul(q, self._vectors[start:stop].T, out=s)
 
-    def mmr(
-        self,
-        query: ArrayLike,
-        k: int = 10,
-        diversity: float = 0.3,
-        candidates: int = 100,
-        exclude: Collection[Hashable] | None = None,
-    ) -> TopK:
-        """Top-k re-ranked by maximal marginal relevance for one query.
+        return blocked_topk(score, n, nq, k, excluded, block)
 
-        Takes the ``candidates`` most similar items, then picks ``k`` of them with
-        ``mmr_select`` (relevance traded against similarity to the items already picked).
 
-        Args:
-            query: one (dim,) vector.
-            k: items to return.
-            diversity: weight of novelty in [0, 1]; 0 is plain ``topk``.
-            candidates: size of the pool re-ranked; raised to ``k`` when smaller.
-            exclude: ids to leave out, as in ``topk``.
+def block_rows_for(n_queries: int, bytes_per_score: int = 4) -> int:
+    """Catalog rows per block so one block of scores for ``n_queries`` is ~``BLOCK_BYTES``."""
+    rows = BLOCK_BYTES // (bytes_per_score * max(1, n_queries))
+    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows)))
 
-        Returns:
-            ``TopK`` (1-D) in pick order; ``scores`` are the cosine similarities.
 
-        Raises:
-            ConfigError: k or candidates not a positive int, diversity outside [0, 1].
-            InputTypeError / InputValueError: as ``topk``.
-        """
-        k = _check_k(k)
-        candidates = _check_k(candidates)
-        q = _as_matrix(query, "query", (1,))
-        pool = self.topk(q, k=max(k, candidates), exclude=exclude)
-        order = mmr_select(pool.scores, self._vectors[pool.rows], k, diversity)
-        return TopK(ids=pool.ids[order], scores=pool.scores[order], rows=pool.rows[order])
+def blocked_topk(
+    score: Callable[[int, int], NDArray[np.float32]],
+    n: int,
+    n_queries: int,
+    k: int,
+    excluded: Sequence[NDArray[np.int64] | None] | None = None,
+    block_rows: int | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The ``k`` best of ``n`` items for each of ``n_queries`` queries, scored block by block.
+
+    The one batch ranking path: ``CosineRanker`` scores a block with a GEMM, the
+    ``Recommender`` with its history scorer. Per query only the scores above its running
+    k-th best are kept, so memory stays bounded by one block and the selection work
+    shrinks as the thresholds rise.
+
+    Args:
+        score: ``score(start, stop)`` gives the (n_queries, stop - start) float32 scores of
+            items ``start..stop-1``; it may return a reused buffer (it is changed in place).
+            -inf marks an item left out.
+        n: items.
+        n_queries: queries.
+        k: items per query (at most ``n``).
+        excluded: per query, item rows to leave out (or None).
+        block_rows: items per block (default: ``block_rows_for(n_queries)``).
+
+    Returns:
+        (scores, rows), each (n_queries, k), best first (higher score, then lower row);
+        short rows are padded with -inf / -1.
+    """
+    nq = n_queries
+    block = block_rows or block_rows_for(nq)
+    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_r = np.full((nq, k), -1, dtype=np.int64)
+    # A score must beat its query's threshold to be a candidate. Thresholds start at
+    # -inf (so excluded items never qualify) and rise to the running k-th best at each
+    # merge; a stale, lower threshold only lets more candidates through.
+    thr = np.full((nq, 1), -np.inf, dtype=np.float32)
+    ex_q, ex_r = _flatten_exclusions(list(excluded) if excluded is not None else [])
+    pend_q: list[NDArray[np.intp]] = []
+    pend_r: list[NDArray[np.int64]] = []
+    pend_s: list[NDArray[np.float32]] = []
+    pending = 0
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        s = score(start, stop)
+        lo, hi = np.searchsorted(ex_r, (start, stop))
+        if hi > lo:
+            s[ex_q[lo:hi], ex_r[lo:hi] - start] = -np.inf
+        if start == 0 and stop - start > k:
+            # Seed the thresholds with the first block's k-th best: without it every
+            # score of the first block would be a candidate.
+            thr = np.partition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k :][:, :1]
+            # >= keeps the first block's ties at the k-th score; later blocks only
+            # need to beat it strictly (on a tie the earlier, lower row wins).
+            qi, ci = np.nonzero((s >= thr) & (s > -np.inf))
+        else:
+            qi, ci = _above(s, thr)
+        if len(qi):
+            pend_q.append(qi)
+            pend_r.append(ci + start)
+            pend_s.append(s[qi, ci])
+            pending += len(qi)
+        if pending > 2 * nq * k or stop == n:
+            _merge(best_s, best_r, pend_q, pend_r, pend_s)
+            thr = best_s[:, k - 1 :].copy()
+            pend_q, pend_r, pend_s, pending = [], [], [], 0
+    return best_s, best_r
 
 
 def _index_ids(ids: object, n: int) -> tuple[NDArray[Any], dict[Hashable, int]]:

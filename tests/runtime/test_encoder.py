@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bertrec
-from bertrec.runtime.batching import plan_batches
+from bertrec.runtime.planning import plan_batches
 from bertrec.runtime.providers import cuda_usable
 
 TEXTS = [
@@ -215,20 +217,82 @@ def test_cuda_unavailable_is_a_clear_error(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.skipif(cuda_usable(), reason="CUDA works here")
-def test_auto_device_falls_back_to_cpu(
+def test_auto_device_falls_back_to_cpu_quietly(
     tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bertrec.runtime.encoder as encoder_mod
 
-    monkeypatch.setattr(encoder_mod, "_warned_no_cuda", False)
-    enc = bertrec.Encoder(tiny_model_dir, device="auto")
+    monkeypatch.setattr(encoder_mod, "_noted_no_cuda", False)
+    with caplog.at_level(logging.DEBUG, logger="bertrec.runtime"):
+        enc = bertrec.Encoder(tiny_model_dir, device="auto")
+        bertrec.Encoder(tiny_model_dir, device="auto")
     assert enc.device == "cpu"
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
+        # CUDA was not asked for: one debug line per process, never a warning.
         assert caplog.text.count("not usable here") == 1
-        bertrec.Encoder(tiny_model_dir, device="auto")
-        assert caplog.text.count("not usable here") == 1  # one warning per process
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _snapshot(model_dir: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(model_dir.iterdir())}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"backend": "onnxruntime", "precision": "fp32"}])
+def test_encoder_never_writes_its_model_directory(
+    tiny_model_dir: Path, tmp_path: Path, kwargs: dict[str, str]
+) -> None:
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    before = _snapshot(d)
+    enc = bertrec.Encoder(d, **kwargs)
+    enc.encode(TEXTS)
+    assert _snapshot(d) == before
+
+
+def test_auto_picks_bf16_only_where_its_fidelity_is_recorded(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bertrec.runtime.encoder as encoder_mod
+    from bertrec.runtime.manifest import write_manifest
+
+    monkeypatch.setattr(encoder_mod, "openvino_importable", lambda: True)
+    monkeypatch.setattr(encoder_mod, "cpu_has_bf16", lambda: True)
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    m = bertrec.read_manifest(d)
+    choose = encoder_mod.choose_backend
+    unrecorded = replace(m, runtime_checks={})
+    backend, why = choose("auto", "cpu", "auto", unrecorded)
+    assert backend == "onnxruntime" and "bertrec check" in why
+    bad = replace(m, runtime_checks={"openvino-bf16": {"min_cos": 0.99}})
+    assert choose("auto", "cpu", "auto", bad)[0] == "onnxruntime"
+    good = replace(m, runtime_checks={"openvino-bf16": {"min_cos": 0.99999}})
+    assert choose("auto", "cpu", "auto", good)[0] == "openvino"
+    write_manifest(d, unrecorded)
+    assert bertrec.Encoder(d, device="cpu").backend == "onnxruntime"
+
+
+def test_verify_false_skips_the_hash_not_the_size(tiny_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    f = d / "model.fp32.onnx"
+    data = bytearray(f.read_bytes())
+    # A byte inside the producer-name string: the graph still loads, the hash differs.
+    i = data.index(b"pytorch")
+    data[i] = ord("P")
+    f.write_bytes(bytes(data))
+    with pytest.raises(bertrec.FileFormatError, match="modified or truncated"):
+        bertrec.Encoder(d, precision="fp32", backend="onnxruntime")
+    enc = bertrec.Encoder(d, precision="fp32", backend="onnxruntime", verify=False)
+    assert enc.encode(["fine"]).shape == (1, enc.dim)
+    f.write_bytes(bytes(data[:-10]))
+    with pytest.raises(bertrec.FileFormatError, match="modified or truncated"):
+        bertrec.Encoder(d, precision="fp32", backend="onnxruntime", verify=False)
+
+
+def test_variant_names_precision_and_file(tiny_model_dir: Path) -> None:
+    enc = bertrec.Encoder(tiny_model_dir, precision="fp32", backend="onnxruntime")
+    sha = bertrec.read_manifest(tiny_model_dir).variants["fp32"].sha256
+    assert enc.variant == f"fp32:{sha[:12]}"
 
 
 @pytest.mark.gpu
@@ -252,39 +316,39 @@ def test_tampered_and_truncated_model_files(
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(bertrec.IntegrityError, match="modified or truncated"):
+    with pytest.raises(bertrec.FileFormatError, match="modified or truncated"):
         make(d, backend)
     f.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(bertrec.IntegrityError, match="re-export"):
+    with pytest.raises(bertrec.FileFormatError, match="re-export"):
         make(d, backend)
     f.unlink()
-    with pytest.raises(bertrec.ModelNotFoundError, match="missing"):
+    with pytest.raises(bertrec.NotFoundError, match="missing"):
         make(d, backend)
 
 
 def test_bad_model_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(bertrec.ModelNotFoundError, match="does not exist"):
+    with pytest.raises(bertrec.NotFoundError, match="does not exist"):
         bertrec.Encoder(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(bertrec.ModelNotFoundError, match="not a bertrec model directory"):
+    with pytest.raises(bertrec.NotFoundError, match="not a bertrec model directory"):
         bertrec.Encoder(tmp_path / "empty")
     d = _copy(tiny_model_dir, tmp_path / "m")
     (d / "manifest.json").write_text("{broken")
-    with pytest.raises(bertrec.ManifestError, match="not valid JSON"):
+    with pytest.raises(bertrec.FileFormatError, match="not valid JSON"):
         bertrec.Encoder(d)
     good = json.loads((tiny_model_dir / "manifest.json").read_text())
     (d / "manifest.json").write_text(json.dumps({**good, "schema_version": 99}))
-    with pytest.raises(bertrec.ManifestError, match="schema_version 99"):
+    with pytest.raises(bertrec.FileFormatError, match="schema_version 99"):
         bertrec.Encoder(d)
     (d / "manifest.json").write_text(json.dumps({k: v for k, v in good.items() if k != "dim"}))
-    with pytest.raises(bertrec.ManifestError, match="'dim'"):
+    with pytest.raises(bertrec.FileFormatError, match="'dim'"):
         bertrec.Encoder(d)
     (d / "manifest.json").write_text(json.dumps({**good, "pooling": "sum"}))
-    with pytest.raises(bertrec.ManifestError, match="pooling 'sum'"):
+    with pytest.raises(bertrec.FileFormatError, match="pooling 'sum'"):
         bertrec.Encoder(d)
     (d / "manifest.json").write_text(json.dumps(good))
     (d / "tokenizer.json").unlink()
-    with pytest.raises(bertrec.ModelNotFoundError, match="tokenizer.json"):
+    with pytest.raises(bertrec.NotFoundError, match="tokenizer.json"):
         bertrec.Encoder(d)
 
 
@@ -409,8 +473,29 @@ def test_minilm_openvino_bf16_matches_onnxruntime_fp32(
     figures = fidelity(ov.encode(texts), ref.encode(texts))
     assert figures["n"] >= 1000 and figures["min_cos"] >= 0.9999, figures
     if ov.precision == "bf16":
+        # Export recorded the check on this bf16 machine, so auto picks bf16.
         check = bertrec.read_manifest(minilm_model_dir).runtime_checks["openvino-bf16"]
         assert check["min_cos"] >= 0.9999
+        assert bertrec.Encoder(minilm_model_dir).backend == "openvino"
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_minilm_fp16_on_cuda_matches_fp32(
+    minilm_model_dir: Path, movie_texts: list[str], tmp_path: Path
+) -> None:
+    """fp16 on CUDA against fp32 on the CPU, on 1,200 real item texts."""
+    from bertrec.quantize import add_variant
+    from bertrec.runtime.fidelity import fidelity
+
+    d = _copy(minilm_model_dir, tmp_path / "m")
+    add_variant(d, "fp16")
+    texts = movie_texts[2::8][:1200]
+    gpu = bertrec.Encoder(d, device="cuda", precision="fp16")
+    assert gpu.device == "cuda"
+    ref = bertrec.Encoder(d, device="cpu", precision="fp32", backend="onnxruntime")
+    figures = fidelity(gpu.encode(texts), ref.encode(texts))
+    assert figures["mean_cos"] >= 0.9999 and figures["min_cos"] >= 0.999, figures
 
 
 @pytest.mark.slow

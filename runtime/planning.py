@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError
+from bertrec.errors import ConfigError
 
 
 def plan_batches(

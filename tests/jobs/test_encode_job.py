@@ -1,13 +1,13 @@
-"""Batch jobs (`bertrec encode`, `bertrec recommend-batch`): formats, rejects, resume after a
-crash, clear errors, and the same results in this process and on a local Ray."""
+"""The encode job (`bertrec encode`): formats, rejects, resume after a crash, clear errors,
+and the same results in this process and on a local Ray."""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,23 @@ pa = pytest.importorskip("pyarrow", reason="batch jobs need pyarrow (pip install
 import pyarrow.parquet as pq  # noqa: E402
 
 from bertrec.cli import main  # noqa: E402
-from bertrec.runtime.batch import encode_dataset, part_name  # noqa: E402
+from bertrec.errors import (  # noqa: E402
+    ConfigError,
+    ModelMismatchError,
+    NotFoundError,
+    OutputError,
+    ProviderError,
+)
+from bertrec.jobs import JobResult, encode_dataset, part_name  # noqa: E402
 from bertrec.runtime.encoder import Encoder  # noqa: E402
-from bertrec.runtime.errors import ConfigError, OutputExistsError  # noqa: E402
-from bertrec.runtime.texts import default_sentences  # noqa: E402
 
 N_ROWS = 600
 SHARD_ROWS = 128  # 5 shards, the last one short
 
+FilesOf = Callable[[Path], dict[str, bytes]]
+
 
 # -- inputs ---------------------------------------------------------------------------------
-
-
-def _texts(n: int = N_ROWS) -> list[str]:
-    base = default_sentences()
-    return [f"{base[i % len(base)]} {i}" for i in range(n)]
 
 
 def write_input(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -50,8 +52,8 @@ def write_input(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_rows() -> list[dict[str, Any]]:
-    return [{"id": i, "text": t} for i, t in enumerate(_texts())]
+def clean_rows(item_texts: list[str]) -> list[dict[str, Any]]:
+    return [{"id": i, "text": t} for i, t in enumerate(item_texts[:N_ROWS])]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,10 @@ def jsonl_input(tmp_path_factory: pytest.TempPathFactory, clean_rows: list[dict[
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> tuple[Encoder, np.ndarray]:
+def reference(tiny_model_dir: Path, item_texts: list[str]) -> tuple[Encoder, np.ndarray]:
     """The Encoder's own vectors for the clean rows: what every job must reproduce."""
     enc = Encoder(tiny_model_dir, device="cpu")
-    return enc, enc.encode(_texts())
+    return enc, enc.encode(item_texts[:N_ROWS])
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +84,6 @@ def read_output(out: Path) -> tuple[list[Any], np.ndarray]:
     return table.column(table.schema.names[0]).to_pylist(), vectors
 
 
-def files_of(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-
-
 # -- in this process ------------------------------------------------------------------------
 
 
@@ -99,19 +97,22 @@ def test_formats_match_the_encoder(
 ) -> None:
     src = write_input(tmp_path / f"items{suffix}", clean_rows)
     result = encode_dataset(src, tmp_path / "out", tiny_model_dir, shard_rows=SHARD_ROWS)
+    assert isinstance(result, JobResult)
     assert (result.rows, result.written, result.rejected, result.shards) == (600, 600, 0, 5)
     ids, vectors = read_output(tmp_path / "out")
     # CSV has no types: its ids come back as strings.
     assert ids == [str(i) if suffix == ".csv" else i for i in range(N_ROWS)]
     enc, ref = reference
     np.testing.assert_allclose(vectors, ref, atol=1e-6)
-    meta = pq.read_metadata(tmp_path / "out" / "part-00000.parquet").metadata
+    meta = pq.read_metadata(tmp_path / "out" / part_name(0)).metadata
     assert meta[b"bertrec.fingerprint"] == enc.fingerprint.encode()
-    assert pq.read_schema(tmp_path / "out" / "part-00000.parquet").field(
-        "embedding"
-    ).type == pa.list_(pa.float32(), enc.dim)
+    assert meta[b"bertrec.variant"] == enc.variant.encode()
+    assert pq.read_schema(tmp_path / "out" / part_name(0)).field("embedding").type == pa.list_(
+        pa.float32(), enc.dim
+    )
     success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert [p["rows"] for p in success["parts"]] == [128, 128, 128, 128, 88]
+    assert success["model"]["variant"] == enc.variant
     assert not (tmp_path / "out" / "_staging").exists()
 
 
@@ -163,35 +164,24 @@ def test_csv_and_parquet_rejects(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert reasons == ["missing text", "missing id"]
 
 
-class FailOnShard:
-    """A shard hook that raises in one shard, as a crash in the middle of a job would."""
-
-    def __init__(self, shard: int) -> None:
-        self.shard = shard
-        self.seen: list[int] = []
-
-    def __call__(self, shard: int) -> None:
-        self.seen.append(shard)
-        if shard == self.shard:
-            raise RuntimeError(f"injected failure in shard {shard}")
-
-
 def test_crash_then_rerun_is_byte_identical(
-    tiny_model_dir: Path, jsonl_input: Path, clean_run: Path, tmp_path: Path
+    tiny_model_dir: Path,
+    jsonl_input: Path,
+    clean_run: Path,
+    tmp_path: Path,
+    fail_on_shard: Any,
+    files_of: FilesOf,
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected failure in shard 2"):
         encode_dataset(
-            jsonl_input, out, tiny_model_dir, shard_rows=SHARD_ROWS, shard_hook=FailOnShard(2)
+            jsonl_input, out, tiny_model_dir, shard_rows=SHARD_ROWS, shard_hook=fail_on_shard(2)
         )
-    assert sorted(p.name for p in out.glob("part-*")) == [
-        "part-00000.parquet",
-        "part-00001.parquet",
-    ]
+    assert sorted(p.name for p in out.glob("part-*")) == [part_name(0), part_name(1)]
     assert not (out / "_SUCCESS").exists()
     # A temporary file left by a writer killed mid-write must not survive or count.
     (out / ".part-00002.parquet.abc.tmp").write_bytes(b"half a file")
-    hook = FailOnShard(-1)
+    hook = fail_on_shard(-1)
     result = encode_dataset(
         jsonl_input, out, tiny_model_dir, shard_rows=SHARD_ROWS, shard_hook=hook
     )
@@ -211,12 +201,17 @@ def test_bad_arguments_are_clear_errors(
     def run(src: Any = jsonl_input, out: Any = None, **kw: Any) -> None:
         encode_dataset(src, out or tmp_path / "o", tiny_model_dir, **kw)
 
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(NotFoundError, match="does not exist"):
         run(tmp_path / "missing.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(NotFoundError, match="is not a file"):
+        run(tmp_path / "folder.jsonl")
     with pytest.raises(ConfigError, match="cannot tell the format"):
         run(tmp_path / "items.txt")
     with pytest.raises(ConfigError, match="column 'body' is not in"):
         run(text_column="body")
+    with pytest.raises(ConfigError, match="columns must differ"):
+        run(text_column="id")
     csv_src = write_input(tmp_path / "x.csv", [{"id": 1, "text": "x"}])
     with pytest.raises(ConfigError, match="column 'key' is not in"):
         run(csv_src, id_column="key")
@@ -225,26 +220,36 @@ def test_bad_arguments_are_clear_errors(
         run(pq_src)
     with pytest.raises(ConfigError, match="shard_rows"):
         run(shard_rows=0)
+    with pytest.raises(ConfigError, match="cpus_per_worker"):
+        run(cpus_per_worker=True)
     with pytest.raises(ConfigError, match="device"):
         run(device="auto")
     with pytest.raises(ConfigError, match="workers applies to Ray"):
         run(workers=2)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputExistsError, match="is a file"):
+    with pytest.raises(OutputError, match="is a file"):
         run(out=tmp_path / "file")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("x")
-    with pytest.raises(OutputExistsError, match="no bertrec batch job wrote"):
+    with pytest.raises(OutputError, match="no bertrec batch job wrote"):
         run(out=tmp_path / "foreign")
-    with pytest.raises(OutputExistsError, match="different job.*shard_rows"):
+    with pytest.raises(OutputError, match="different job.*shard_rows"):
         run(out=clean_run, shard_rows=SHARD_ROWS * 2)
     other = tmp_path / "other-model"
     other.mkdir()
     job = json.loads((clean_run / "_job.json").read_text())
     job["model"]["fingerprint"] = "0" * 64
     (other / "_job.json").write_text(json.dumps(job))
-    with pytest.raises(OutputExistsError, match="another model"):
+    with pytest.raises(ModelMismatchError, match="another model"):
         run(out=other, shard_rows=SHARD_ROWS)
+
+
+def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "bertrec.jobs" or m.startswith("bertrec.jobs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without it looks like
+    with pytest.raises(ProviderError, match=r"pip install 'bertrec\[batch\]'"):
+        importlib.import_module("bertrec.jobs")
 
 
 def test_cli_encode(
@@ -274,16 +279,6 @@ def test_cli_ray_option() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[Any]:
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bertrec[ray]')")
-    # Hooks defined in this file must reach the workers, which cannot import tests/.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def ray_run(
     local_ray: Any,
     tiny_model_dir: Path,
@@ -306,21 +301,13 @@ def test_ray_matches_in_process(ray_run: Path, clean_run: Path) -> None:
     assert (ray_run / "_job.json").read_bytes() == (clean_run / "_job.json").read_bytes()
 
 
-class ExitOnceInShard:
-    """Kills the Ray worker process the first time it reaches ``shard`` (marker file)."""
-
-    def __init__(self, shard: int, marker: str) -> None:
-        self.shard = shard
-        self.marker = marker
-
-    def __call__(self, shard: int) -> None:
-        if shard == self.shard and not os.path.exists(self.marker):
-            Path(self.marker).write_text("killed")
-            os._exit(1)
-
-
 def test_ray_killed_worker_loses_and_repeats_nothing(
-    ray_run: Path, tiny_model_dir: Path, jsonl_input: Path, tmp_path: Path
+    ray_run: Path,
+    tiny_model_dir: Path,
+    jsonl_input: Path,
+    tmp_path: Path,
+    exit_once_in_shard: Any,
+    files_of: FilesOf,
 ) -> None:
     marker = tmp_path / "killed"
     out = tmp_path / "out"
@@ -331,7 +318,7 @@ def test_ray_killed_worker_loses_and_repeats_nothing(
         shard_rows=SHARD_ROWS,
         ray_address="local",
         workers=2,
-        shard_hook=ExitOnceInShard(3, str(marker)),
+        shard_hook=exit_once_in_shard(3, str(marker)),
     )
     assert marker.exists()  # the worker really died; Ray restarted it and retried shard 3
     ids, _ = read_output(out)
@@ -339,130 +326,20 @@ def test_ray_killed_worker_loses_and_repeats_nothing(
     assert files_of(out) == files_of(ray_run)
 
 
-# -- recommend-batch ------------------------------------------------------------------------
-
-BAD_USERS = {"u5", "u9", "u11", "u13"}
-
-
-@pytest.fixture(scope="module")
-def store(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved Recommender over 300 items with popularity (so empty histories work)."""
-    from bertrec.runtime.recommender import Recommender
-
-    enc = Encoder(tiny_model_dir, device="cpu")
-    rec = Recommender(
-        enc, _texts(300), list(range(1000, 1300)), popularity=[i % 7 for i in range(300)]
-    )
-    return rec.save(tmp_path_factory.mktemp("store") / "rec")
-
-
-@pytest.fixture(scope="module")
-def users_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
-    users: list[dict[str, Any]] = []
-    for u in range(200):
-        size = int(rng.integers(0, 12))  # 0: a cold user, served by popularity
-        history = [1000 + int(i) for i in rng.choice(300, size, replace=False)]
-        users.append({"user_id": f"u{u}", "history": history})
-    users[5]["history"] = [1000, 99999]
-    users[9]["history"] = "1000 1001"
-    del users[11]["history"]
-    users[13]["history"] = [1000, "1001"]
-    path = tmp_path_factory.mktemp("users") / "users.jsonl"
-    path.write_text("".join(json.dumps(u) + "\n" for u in users), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def recs_in_process(
-    store: Path, users_input: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    from bertrec.runtime.batch import recommend_dataset
-
-    out = tmp_path_factory.mktemp("recs") / "out"
-    result = recommend_dataset(users_input, out, store, k=5, shard_rows=64)
-    assert (result.rows, result.written, result.rejected, result.shards) == (200, 196, 4, 4)
-    return out
-
-
-def test_recommend_matches_the_recommender(
-    tiny_model_dir: Path, store: Path, users_input: Path, recs_in_process: Path
-) -> None:
-    from bertrec.runtime.recommender import Recommender
-
-    table = pq.read_table(recs_in_process)
-    assert table.schema.names == ["user_id", "items", "scores"]
-    got = {r["user_id"]: (r["items"], r["scores"]) for r in table.to_pylist()}
-    rec = Recommender.load(store, Encoder(tiny_model_dir, device="cpu"))
-    for line in users_input.read_text().splitlines():
-        user = json.loads(line)
-        if user["user_id"] in BAD_USERS:
-            assert user["user_id"] not in got
-            continue
-        expect = rec.recommend(user["history"], k=5)
-        assert got[user["user_id"]][0] == [item for item, _ in expect]
-        np.testing.assert_allclose(got[user["user_id"]][1], [s for _, s in expect], rtol=1e-6)
-    rejects = pq.read_table(recs_in_process / "_rejects").to_pylist()
-    reasons = {r["user_id"]: r["reason"] for r in rejects}
-    assert set(reasons) == BAD_USERS
-    assert "not in the catalog" in reasons["u5"]
-    assert reasons["u9"] == "history is str, not a list of item ids"
-    assert reasons["u11"] == "missing history"
-    assert reasons["u13"].startswith("history[1]: item id '1001' is str")
-
-
-def test_recommend_bad_arguments(store: Path, users_input: Path, tmp_path: Path) -> None:
-    from bertrec.runtime.batch import recommend_dataset
-
-    csv_users = tmp_path / "users.csv"
-    csv_users.write_text("user_id,history\n1,2\n")
-    with pytest.raises(ConfigError, match="CSV cannot hold"):
-        recommend_dataset(csv_users, tmp_path / "o", store)
-    with pytest.raises(ConfigError, match="is not a saved Recommender"):
-        recommend_dataset(users_input, tmp_path / "o", tmp_path)
-    with pytest.raises(ConfigError, match="column 'items' is not in"):
-        recommend_dataset(users_input, tmp_path / "o", store, history_column="items")
-    with pytest.raises(ConfigError, match="k must be"):
-        recommend_dataset(users_input, tmp_path / "o", store, k=0)
-
-
-def test_cli_recommend_batch(
-    store: Path,
-    users_input: Path,
-    recs_in_process: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    out = tmp_path / "recs"
-    args = ["recommend-batch", str(users_input), str(out), "--store", str(store), "--k", "5"]
-    assert main([*args, "--shard-rows", "64", "--no-progress"]) == 0
-    assert "200 rows -> 196 written, 4 rejected" in capsys.readouterr().out
-    assert files_of(out) == files_of(recs_in_process)
-
-
-def test_recommend_on_ray_matches_in_process(
-    local_ray: Any, store: Path, users_input: Path, recs_in_process: Path, tmp_path: Path
-) -> None:
-    from bertrec.runtime.batch import recommend_dataset
-
-    out = tmp_path / "recs"
-    result = recommend_dataset(
-        users_input, out, store, k=5, shard_rows=64, ray_address="local", workers=2
-    )
-    assert (result.engine, result.written, result.rejected) == ("ray", 196, 4)
-    assert pq.read_table(out).equals(pq.read_table(recs_in_process))
-    assert files_of(out) == files_of(recs_in_process)
-
-
 def test_ray_job_that_fails_resumes_on_rerun(
-    ray_run: Path, tiny_model_dir: Path, jsonl_input: Path, tmp_path: Path
+    ray_run: Path,
+    tiny_model_dir: Path,
+    jsonl_input: Path,
+    tmp_path: Path,
+    fail_on_shard: Any,
+    files_of: FilesOf,
 ) -> None:
     out = tmp_path / "out"
     kw: dict[str, Any] = {"shard_rows": SHARD_ROWS, "ray_address": "local", "workers": 2}
     # An error in a shard is not retried (it would fail again); the other shards finish
     # and the job raises the shard's own exception.
     with pytest.raises(RuntimeError, match="injected failure in shard 2") as info:
-        encode_dataset(jsonl_input, out, tiny_model_dir, shard_hook=FailOnShard(2), **kw)
+        encode_dataset(jsonl_input, out, tiny_model_dir, shard_hook=fail_on_shard(2), **kw)
     assert "run the same job again" in str(info.value.__notes__)
     assert not (out / "_SUCCESS").exists()
     assert sorted(p.name for p in out.glob("part-*")) == [part_name(s) for s in (0, 1, 3, 4)]

@@ -134,7 +134,7 @@ def test_top10_overlap() -> None:
 
 
 def test_directory_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(bertrec.ModelNotFoundError, match="no manifest.json"):
+    with pytest.raises(bertrec.NotFoundError, match="no manifest.json"):
         add_variant(tmp_path, "int8")
 
 
@@ -174,5 +174,5 @@ def test_calibration_files(tmp_path: Path) -> None:
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     with pytest.raises(bertrec.InputValueError, match="not UTF-8"):
         read_text_file(tmp_path / "latin1.txt")
-    with pytest.raises(bertrec.ModelNotFoundError):
+    with pytest.raises(bertrec.NotFoundError):
         read_text_file(tmp_path / "missing.txt")

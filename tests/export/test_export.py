@@ -107,7 +107,7 @@ def test_unsupported_sentence_transformers_pooling(tiny_bert_dir: Path, tmp_path
     word = models.Transformer(str(tiny_bert_dir))
     pool = models.Pooling(word.get_embedding_dimension(), pooling_mode="weightedmean")
     SentenceTransformer(modules=[word, pool], device="cpu").save(str(st_dir))
-    with pytest.raises(bertrec.UnsupportedModelError, match="weightedmean.*--pooling"):
+    with pytest.raises(bertrec.ConfigError, match="weightedmean.*--pooling"):
         export_model(st_dir, tmp_path / "out", precision="fp32")
     out = export_model(st_dir, tmp_path / "out", precision="fp32", pooling="mean")
     assert read_manifest(out).pooling == "mean"
@@ -171,23 +171,23 @@ def test_interrupted_export_leaves_existing_output(
 
 
 def test_missing_source(tmp_path: Path) -> None:
-    with pytest.raises(bertrec.ModelNotFoundError, match="does not exist"):
+    with pytest.raises(bertrec.NotFoundError, match="does not exist"):
         export_model(tmp_path / "nope", tmp_path / "out")
-    with pytest.raises(bertrec.ModelNotFoundError, match="non-empty"):
+    with pytest.raises(bertrec.NotFoundError, match="non-empty"):
         export_model("", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_source_without_config(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(bertrec.ModelNotFoundError, match="no config.json"):
+    with pytest.raises(bertrec.NotFoundError, match="no config.json"):
         export_model(tmp_path / "empty", tmp_path / "out")
 
 
 def test_unsupported_architecture_names_the_family(tmp_path: Path) -> None:
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(bertrec.UnsupportedModelError, match="'gpt2'.*bert, distilbert"):
+    with pytest.raises(bertrec.ConfigError, match="'gpt2'.*bert, distilbert"):
         export_model(tmp_path / "gpt", tmp_path / "out")
 
 
@@ -196,7 +196,7 @@ def test_corrupted_weights(tiny_bert_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_bert_dir, bad)
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
-    with pytest.raises(bertrec.CheckpointError, match="corrupted or incomplete"):
+    with pytest.raises(bertrec.FileFormatError, match="corrupted or incomplete"):
         export_model(bad, tmp_path / "out", precision="fp32")
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
@@ -206,21 +206,21 @@ def test_corrupted_config(tiny_bert_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(tiny_bert_dir, bad)
     (bad / "config.json").write_text("{not json")
-    with pytest.raises(bertrec.CheckpointError, match="corrupted"):
+    with pytest.raises(bertrec.FileFormatError, match="corrupted"):
         export_model(bad, tmp_path / "out")
 
 
 def test_output_exists_without_overwrite(tiny_bert_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(bertrec.OutputExistsError, match="--overwrite"):
+    with pytest.raises(bertrec.OutputError, match="--overwrite"):
         export_model(tiny_bert_dir, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
 def test_unwritable_output(tiny_bert_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("a file, not a folder")
-    with pytest.raises(bertrec.OutputNotWritableError, match="cannot write"):
+    with pytest.raises(bertrec.OutputError, match="cannot write"):
         export_model(tiny_bert_dir, tmp_path / "file" / "out", precision="fp32")
 
 

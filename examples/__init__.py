@@ -1,0 +1,1 @@
+"""Worked examples that use bertrec; part of the repository, not of the installed library."""
