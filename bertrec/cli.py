@@ -53,14 +53,21 @@ def _print_manifest(model_dir: str) -> None:
         f"normalize={m.normalize} max_length={m.max_length}"
     )
     for v in m.variants.values():
-        val = v.validation
-        figures = (
-            f"min_cos={val['min_cos']:.6f} mean_cos={val['mean_cos']:.6f} "
-            f"p1_cos={val['p1_cos']:.6f} vs {val.get('reference', '?')}"
-            if val
-            else "not validated"
-        )
-        print(f"  {v.file:18s} {v.size_bytes / 1e6:8.1f} MB  {figures}")
+        print(f"  {v.file:18s} {v.size_bytes / 1e6:8.1f} MB  {_figures(v.validation)}")
+    for name, check in m.runtime_checks.items():
+        print(f"  {name:18s} {'':11s}  {_figures(check)}")
+
+
+def _figures(val: dict[str, object]) -> str:
+    """The fidelity figures a manifest recorded, whichever of them are there."""
+    shown = [
+        f"{key}={val[key]:.6f}"
+        for key in ("min_cos", "mean_cos", "p1_cos")
+        if isinstance(val.get(key), (int, float))
+    ]
+    if not shown:
+        return str(val.get("skipped", "not validated"))
+    return " ".join(shown) + f" vs {val.get('reference', '?')}"
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -18,7 +18,13 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from bertrec.errors import ConfigError, InputTypeError, InputValueError, NotFoundError
+from bertrec.errors import (
+    ConfigError,
+    FileFormatError,
+    InputTypeError,
+    InputValueError,
+    NotFoundError,
+)
 
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .openvino_runner import (
@@ -113,6 +119,12 @@ def _check_texts(texts: object) -> list[str]:
         raise InputTypeError("texts is None; pass a list of strings")
     if isinstance(texts, (bytes, bytearray)):
         raise InputTypeError("texts is bytes; decode it to str first (e.g. data.decode('utf-8'))")
+    if isinstance(texts, dict):
+        raise InputTypeError(
+            "texts is a dict; pass a list of strings (e.g. list(d.values()) for its values)"
+        )
+    if isinstance(texts, (set, frozenset)):
+        raise InputTypeError("texts is a set, which has no order; pass a list of strings")
     if isinstance(texts, np.ndarray):
         texts = texts.tolist()
     if not isinstance(texts, Iterable):
@@ -222,7 +234,21 @@ class Encoder:
         path = self.model_dir / TOKENIZER_NAME
         if not path.is_file():
             raise NotFoundError(f"{str(path)!r} is missing; re-export the model")
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except OSError as exc:
+            raise FileFormatError(
+                f"{str(path)!r} cannot be read ({exc.strerror}); check its permissions"
+            ) from exc
+        except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
+            raise FileFormatError(
+                f"{str(path)!r} is not a valid tokenizer ({str(exc)[:200]}); re-export the model"
+            ) from exc
+        if self.manifest.pad_token_id >= tok.get_vocab_size():
+            raise FileFormatError(
+                f"manifest pad_token_id {self.manifest.pad_token_id} is outside the tokenizer's "
+                f"vocabulary ({tok.get_vocab_size()} tokens); re-export the model"
+            )
         tok.no_padding()  # we pad per batch, after sorting by length
         tok.enable_truncation(max_length=self.max_length)
         return tok
@@ -305,9 +331,9 @@ class Encoder:
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ConfigError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if texts is None or isinstance(texts, (str, bytes, bytearray)):
+        if texts is None or isinstance(texts, (str, bytes, bytearray, dict, set, frozenset)):
             raise InputTypeError(
-                f"texts must be an iterable of strings, got {type(texts).__name__}"
+                f"texts must be an ordered iterable of strings, got {type(texts).__name__}"
             )
         chunk: list[str] = []
         seen = 0

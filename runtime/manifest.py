@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,19 @@ TOKENIZER_NAME = "tokenizer.json"
 OUTPUT_NAME = "sentence_embedding"
 PRECISIONS = ("fp32", "int8", "fp16")
 POOLINGS = ("mean", "cls", "max")
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A bare file name: no folder part, not absolute, not "." or ".." (a manifest may name
+    only files inside its own directory)."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and Path(name).name == name
+    )
 
 
 def model_filename(precision: str) -> str:
@@ -46,7 +60,7 @@ class Variant:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Variant:
         try:
-            return cls(
+            variant = cls(
                 precision=str(data["precision"]),
                 file=str(data["file"]),
                 sha256=str(data["sha256"]),
@@ -54,10 +68,16 @@ class Variant:
                 validation=dict(data.get("validation", {})),
                 recipe=dict(data.get("recipe", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FileFormatError(
-                f"manifest variant entry is malformed ({exc!r}): {data!r}"
+                f"manifest variant entry is malformed ({exc!r}): {data!r}; re-export the model"
             ) from exc
+        if not is_plain_file_name(variant.file):
+            raise FileFormatError(
+                f"manifest variant {variant.precision!r} names the file {variant.file!r}, which is "
+                "not a plain file name inside the model directory; re-export the model"
+            )
+        return variant
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     # Fidelity checks made when a backend first ran the model (e.g. OpenVINO bf16).
     runtime_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The checkpoint's position limit (max_position_embeddings less reserved slots).
+    position_limit: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +138,9 @@ class Manifest:
                 runtime_checks={
                     str(k): dict(v) for k, v in dict(data.get("runtime_checks", {})).items()
                 },
+                position_limit=(
+                    None if data.get("position_limit") is None else int(data["position_limit"])
+                ),
                 schema_version=SCHEMA_VERSION,
             )
         except KeyError as exc:
@@ -126,6 +151,24 @@ class Manifest:
             raise FileFormatError(f"manifest pooling {m.pooling!r} is not one of {POOLINGS}")
         if m.dim <= 0 or m.max_length <= 0:
             raise FileFormatError(f"manifest dim={m.dim} and max_length={m.max_length} must be > 0")
+        if m.position_limit is not None and m.max_length > m.position_limit:
+            raise FileFormatError(
+                f"manifest max_length {m.max_length} exceeds the model's position limit "
+                f"{m.position_limit}; re-export with --max-length {m.position_limit} or less"
+            )
+        if not m.variants:
+            raise FileFormatError("manifest lists no variants; re-export the model")
+        for key, v in m.variants.items():
+            if key != v.precision or key not in PRECISIONS:
+                raise FileFormatError(
+                    f"manifest variant {key!r} (precision {v.precision!r}) is not one of "
+                    f"{', '.join(PRECISIONS)} under its own name; re-export the model"
+                )
+        if m.pad_token_id < 0 or not {"input_ids", "attention_mask"} <= set(m.input_names):
+            raise FileFormatError(
+                f"manifest pad_token_id {m.pad_token_id} or input_names {m.input_names} are "
+                "unusable (need input_ids and attention_mask); re-export the model"
+            )
         return m
 
     def with_variant(self, variant: Variant) -> Manifest:
@@ -156,7 +199,14 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
-    return Manifest.from_dict(data)
+    except OSError as exc:
+        raise FileFormatError(
+            f"{path} cannot be read ({exc.strerror}); check its permissions"
+        ) from exc
+    try:
+        return Manifest.from_dict(data)
+    except FileFormatError as exc:
+        raise FileFormatError(f"{path}: {exc}") from exc
 
 
 def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
@@ -176,10 +226,53 @@ def verify_variant(
             "re-export the model or run `bertrec quantize`"
         )
     size = path.stat().st_size
-    if size != variant.size_bytes or (check_hash and sha256_file(path) != variant.sha256):
+    try:
+        digest = sha256_file(path) if check_hash and size == variant.size_bytes else None
+    except OSError as exc:
+        raise FileFormatError(
+            f"{str(path)!r} cannot be read ({exc.strerror}); check its permissions"
+        ) from exc
+    if size != variant.size_bytes or (digest is not None and digest != variant.sha256):
         raise FileFormatError(
             f"{str(path)!r} does not match its manifest entry (size {size} vs "
             f"{variant.size_bytes}, or sha256 differs): the file was modified or truncated; "
             "re-export the model"
         )
     return path
+
+
+def check_against_model(
+    manifest: Manifest,
+    path: Path,
+    inputs: Sequence[str],
+    outputs: dict[str, Sequence[object]],
+) -> None:
+    """Check that the manifest describes the ONNX file a backend opened: its inputs, its
+    output name and the output's width.
+
+    Args:
+        manifest: the model directory's manifest.
+        path: the ONNX file (for the message).
+        inputs: the graph's input names.
+        outputs: the graph's outputs, name -> shape (dims may be symbolic strings or None).
+
+    Raises:
+        FileFormatError: the manifest and the graph disagree.
+    """
+    if set(inputs) != set(manifest.input_names):
+        raise FileFormatError(
+            f"{str(path)!r} takes inputs {sorted(inputs)}, the manifest says "
+            f"{sorted(manifest.input_names)}; re-export the model"
+        )
+    if manifest.output_name not in outputs:
+        raise FileFormatError(
+            f"{str(path)!r} has no output {manifest.output_name!r} (it has {sorted(outputs)}); "
+            "re-export the model"
+        )
+    shape = list(outputs[manifest.output_name])
+    width = shape[-1] if shape else None
+    if isinstance(width, int) and width > 0 and width != manifest.dim:
+        raise FileFormatError(
+            f"{str(path)!r} outputs vectors of {width} dimensions, the manifest says "
+            f"{manifest.dim}; re-export the model"
+        )

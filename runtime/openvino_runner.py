@@ -19,9 +19,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bertrec.core import cache_dir
-from bertrec.errors import ConfigError, ProviderError
+from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
-from .manifest import Manifest, verify_variant
+from .manifest import Manifest, check_against_model, verify_variant
 
 log = logging.getLogger("bertrec.runtime")
 
@@ -102,8 +102,24 @@ class OpenVinoRunner:
         except OSError as exc:
             log.warning("OpenVINO model cache disabled (%s)", exc)
         self._path = path
-        self.compiled = self._compile("LATENCY")
+        try:
+            self.compiled = self._compile("LATENCY")
+        except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable models
+            raise FileFormatError(
+                f"OpenVINO cannot load {str(path)!r} ({str(exc).splitlines()[0][:200]}); "
+                "re-export the model"
+            ) from exc
         self.input_names = tuple(p.any_name for p in self.compiled.inputs)
+        check_against_model(
+            manifest,
+            path,
+            self.input_names,
+            {
+                name: [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                for o in self.compiled.outputs
+                for name in o.get_names()
+            },
+        )
         self._output = self.compiled.output(0)
         self._local = threading.local()
         self._lock = threading.Lock()

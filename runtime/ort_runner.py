@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from bertrec.errors import ConfigError, ProviderError
+from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
-from .manifest import Manifest, verify_variant
+from .manifest import Manifest, check_against_model, verify_variant
 from .providers import CPU, CUDA, cuda_usable
 
 
@@ -61,10 +61,13 @@ class OrtRunner:
         providers = [CUDA, CPU] if use_cuda else [CPU]
         try:
             self.session = ort.InferenceSession(str(path), self._options(), providers=providers)
-        except Exception as exc:  # a broken CUDA install raises from the provider
-            if not use_cuda:
-                raise
-            raise ProviderError(f"CUDA provider failed to start: {exc}") from exc
+        except Exception as exc:  # ORT raises its own types for bad files and providers
+            if use_cuda:
+                raise ProviderError(f"CUDA provider failed to start: {exc}") from exc
+            raise FileFormatError(
+                f"ONNX Runtime cannot load {str(path)!r} ({str(exc).splitlines()[0][:200]}); "
+                "the file is damaged: re-export the model"
+            ) from exc
         if use_cuda and self.session.get_providers()[0] != CUDA:
             raise ProviderError(
                 f"the CUDA provider did not start (available: {available}); check the "
@@ -72,6 +75,12 @@ class OrtRunner:
             )
         self.providers: list[str] = list(self.session.get_providers())
         self.input_names = tuple(i.name for i in self.session.get_inputs())
+        check_against_model(
+            manifest,
+            path,
+            self.input_names,
+            {o.name: o.shape for o in self.session.get_outputs()},
+        )
         self.io_binding = use_cuda if io_binding is None else bool(io_binding)
         self._local = threading.local()
 

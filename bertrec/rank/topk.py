@@ -97,7 +97,9 @@ def normalize_rows(x: NDArray[Any], name: str = "vectors") -> NDArray[np.float32
     for start in range(0, len(x), SCAN_ROWS):
         block = np.asarray(x[start : start + SCAN_ROWS], dtype=np.float64)
         norms = _checked_norms(block, name, start)
-        out[start : start + len(block)] = block / norms[:, None]
+        peak = np.abs(block).max(axis=1, keepdims=True)
+        # Divide by the peak first: block / norms could overflow where block is huge.
+        out[start : start + len(block)] = (block / peak) / (norms[:, None] / peak)
     return out
 
 
@@ -107,9 +109,13 @@ def _checked_norms(block: NDArray[Any], name: str, offset: int) -> NDArray[np.fl
         raise InputValueError(
             f"{name} has NaN or inf in {_bad_rows(~finite, offset)}; clean or drop those rows"
         )
-    # float64 so that large but finite float32 values do not overflow when squared.
-    norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
-    zero = norms < np.finfo(np.float32).tiny
+    # Scaled by each row's largest magnitude first, so that huge but finite values (float64
+    # near its max) do not overflow to inf when squared and turn the row into zeros.
+    peak = np.abs(block).max(axis=1)
+    safe = np.where(peak > 0, peak, 1.0)
+    scaled = block / safe[:, None]
+    norms = peak * np.sqrt(np.einsum("ij,ij->i", scaled, scaled, dtype=np.float64))
+    zero = peak == 0
     if zero.any():
         raise InputValueError(
             f"{name} has all-zero {_bad_rows(zero, offset)}: cosine similarity is undefined "
