@@ -39,8 +39,9 @@ lint: $(VENV)/.deps-test
 bench: $(VENV)/.deps-test
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.int8_frontier
-	$(BIN)/python -m bench.batching
+	$(BIN)/python -m bench.token_budget
 	$(BIN)/python -m bench.scorer
+	$(BIN)/python -m bench.recommend_batch
 	$(BIN)/python -m bench.recsys_eval
 	$(BIN)/python -m bench.diversity_frontier
 	$(BIN)/python -m bench.ray_overhead
@@ -51,8 +52,9 @@ bench: $(VENV)/.deps-test
 bench-smoke: $(VENV)/.deps-test
 	$(BIN)/python -m bench.throughput --quick
 	$(BIN)/python -m bench.int8_frontier --quick
-	$(BIN)/python -m bench.batching --quick
+	$(BIN)/python -m bench.token_budget --quick
 	$(BIN)/python -m bench.scorer --quick
+	$(BIN)/python -m bench.recommend_batch --quick
 	$(BIN)/python -m bench.recsys_eval --quick
 	$(BIN)/python -m bench.diversity_frontier --quick
 	$(BIN)/python -m bench.ray_overhead --quick

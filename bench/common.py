@@ -6,7 +6,7 @@ record carries the machine, the versions and every setting next to the numbers.
 
 from __future__ import annotations
 
-import csv
+import argparse
 import hashlib
 import importlib
 import importlib.metadata
@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bertrec.core import atomic_write_bytes, cache_dir
+from examples.movielens.data import ENV_VAR, default_data_dir, item_texts, load_movielens
+from examples.movielens.model import exporter_stamp
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -136,6 +140,17 @@ def versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
     return out
 
 
+def blas_threads() -> list[dict[str, Any]]:
+    """The BLAS and OpenMP pools NumPy runs on, with their thread counts (empty without
+    threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("internal_api", "num_threads", "version")
+    return [{k: i.get(k) for k in keys} for i in threadpool_info()]
+
+
 # -- records --------------------------------------------------------------------------------
 
 
@@ -161,7 +176,7 @@ def _plain(obj: Any) -> Any:
 def write_record(
     kind: str, record: dict[str, Any], results_dir: Path | None = None, quick: bool = False
 ) -> Path:
-    """Write ``<kind>-<UTC timestamp>.json`` atomically (a ``.tmp`` renamed into place).
+    """Write ``<kind>-<UTC timestamp>.json`` atomically.
 
     A ``quick`` (CI smoke) record goes to a fresh temp dir unless ``results_dir`` is given,
     so it never becomes the latest record that the README is built from.
@@ -181,10 +196,8 @@ def write_record(
         path = out_dir / f"{kind}-{stamp}-{n}.json"
         n += 1
     body = {"kind": kind, "written_utc": stamp, **_plain(record)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    # Keys in the order the script wrote them (settings before figures), unlike json_bytes.
+    return atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode("utf-8"))
 
 
 def latest_record(
@@ -197,8 +210,8 @@ def latest_record(
     out_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     if not out_dir.is_dir():
         return None
-    # Timestamps are written as 20261128T035235Z here and 20261128-035235 by some scripts;
-    # the digits sort the same either way.
+    # Timestamps are written as YYYYMMDDTHHMMSSZ here and YYYYMMDD-HHMMSS in older
+    # records; the digits sort the same either way.
     pattern = re.compile(rf"^{re.escape(kind)}-(\d{{8}})[T-]?(\d{{6}})Z?(?:-\d+)?\.json$")
     found = sorted(
         (m.group(1) + m.group(2), p.stat().st_mtime, p)
@@ -215,10 +228,9 @@ def latest_record(
     return None
 
 
-def cache_dir(*parts: str) -> Path:
-    """``~/.cache/bertrec/bench/<parts>`` (honours XDG_CACHE_HOME); created."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base, "bertrec", "bench", *parts)
+def bench_cache(*parts: str) -> Path:
+    """``bench/<parts>`` in bertrec's cache (``bertrec.core.cache_dir``), created."""
+    path = cache_dir("bench", *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -240,30 +252,23 @@ def _source_stamp(source: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _code_stamp() -> str:
-    """What identifies bertrec's exporter and quantizer: the text of their modules, so a
-    changed recipe re-exports the cached benchmark models."""
-    from bertrec.demo import exporter_stamp
-
-    return exporter_stamp()
-
-
 def exported_model_dir(
     source: Path, name: str, precision: Sequence[str] = ("fp32", "int8")
 ) -> Path:
-    """``source`` exported by bertrec into ``cache_dir(name)/bertrec``, once.
+    """``source`` exported by bertrec into ``bench_cache(name)/bertrec``, once.
 
-    Re-exported when the source files or bertrec's exporter or quantizer change. A lock
+    Re-exported when the source files or bertrec's exporter or quantizer change
+    (``exporter_stamp``: a changed recipe re-exports the cached benchmark models). A lock
     file keeps two bench scripts started together from exporting the same model at once.
     """
     import fcntl
 
     import bertrec
 
-    root = cache_dir(name)
+    root = bench_cache(name)
     out = root / "bertrec"
     stamp_file = root / "bertrec.source"
-    stamp = f"{_source_stamp(source)} {','.join(precision)} {_code_stamp()}"
+    stamp = f"{_source_stamp(source)} {','.join(precision)} {exporter_stamp()}"
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ok = (out / "manifest.json").is_file() and stamp_file.is_file()
@@ -275,15 +280,11 @@ def exported_model_dir(
 
 
 def bench_model_dir() -> Path:
-    """all-MiniLM-L6-v2 exported with fp32 and int8, cached in ~/.cache/bertrec/bench/minilm."""
+    """all-MiniLM-L6-v2 exported with fp32 and int8, cached in ``bench_cache("minilm")``."""
     return exported_model_dir(minilm_source(), "minilm")
 
 
 # -- the text mix ---------------------------------------------------------------------------
-
-MOVIELENS_DIR = Path(
-    os.environ.get("BERTREC_MOVIELENS", REPO.parent / "shared" / "data" / "movielens-small")
-)
 
 # Share of each source in the mix: recommendation traffic is mostly short item texts and
 # titles, with some longer descriptions.
@@ -320,6 +321,7 @@ class TextMix:
     texts: list[str]
     sources: list[str]
     seed: int
+    movielens_dir: str
 
     @property
     def sha256(self) -> str:
@@ -337,42 +339,9 @@ class TextMix:
             "by_source": dict(Counter(self.sources)),
             "mean_words": round(float(np.mean(words)), 2) if words else 0.0,
             "shares": MIX_SHARES,
-            "movielens_dir": str(MOVIELENS_DIR),
+            "movielens_dir": self.movielens_dir,
             "paragraphs_from": f"CPython {platform.python_version()} stdlib docstrings",
         }
-
-
-def _movielens_texts() -> tuple[list[str], list[str]]:
-    """(item texts, titles). Uses ``bertrec.runtime.movielens`` when present, so the bench
-    encodes exactly what the demo and the recsys eval encode."""
-    try:
-        from bertrec.runtime.movielens import item_texts, load_movielens
-    except ImportError:
-        return _movielens_texts_csv()
-    data = load_movielens(MOVIELENS_DIR)
-    return item_texts(data), list(data.titles)
-
-
-def _movielens_texts_csv() -> tuple[list[str], list[str]]:
-    tags: dict[str, list[str]] = defaultdict(list)
-    tags_path = MOVIELENS_DIR / "tags.csv"
-    if tags_path.is_file():
-        with tags_path.open(encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                if row["tag"].strip() and row["tag"] not in tags[row["movieId"]]:
-                    tags[row["movieId"]].append(row["tag"].strip())
-    items, titles = [], []
-    with (MOVIELENS_DIR / "movies.csv").open(encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            genres = [g for g in row["genres"].split("|") if g != "(no genres listed)"]
-            text = f"{row['title'].strip()}."
-            if genres:
-                text += f" Genres: {', '.join(genres)}."
-            if tags[row["movieId"]]:
-                text += f" Tags: {', '.join(tags[row['movieId']][:12])}."
-            items.append(text)
-            titles.append(row["title"].strip())
-    return items, titles
 
 
 def _docstrings(module: Any) -> list[str]:
@@ -420,19 +389,42 @@ def stdlib_paragraphs(min_words: int = 40, max_words: int = 150) -> list[str]:
     return list(seen)
 
 
-def load_text_mix(n: int, seed: int = 0) -> TextMix:
-    """``n`` texts: MovieLens item texts and titles plus stdlib prose, shuffled, fixed by
-    ``seed``.
+def add_data_arg(parser: argparse.ArgumentParser) -> None:
+    """``--data DIR``: the MovieLens ml-latest-small folder (default ``$BERTREC_MOVIELENS``)."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"MovieLens ml-latest-small folder (default: ${ENV_VAR})",
+    )
+
+
+def movielens_dir(data: str | os.PathLike[str] | None) -> Path:
+    """The MovieLens folder: ``data`` as given, else ``$BERTREC_MOVIELENS``.
 
     Raises:
-        FileNotFoundError: the MovieLens files are missing (set BERTREC_MOVIELENS).
+        ConfigError: neither is given.
     """
-    if not (MOVIELENS_DIR / "movies.csv").is_file():
-        raise FileNotFoundError(
-            f"MovieLens not found at {str(MOVIELENS_DIR)!r}; set BERTREC_MOVIELENS to the "
-            "ml-latest-small folder"
-        )
-    items, titles = _movielens_texts()
+    return Path(data) if data is not None else default_data_dir()
+
+
+def load_text_mix(n: int, seed: int = 0, data_dir: str | os.PathLike[str] | None = None) -> TextMix:
+    """``n`` texts: MovieLens item texts (``examples.movielens.data.item_texts``, what the
+    demo and the recsys eval encode) and titles plus stdlib prose, shuffled, fixed by
+    ``seed``.
+
+    Args:
+        n: texts in the mix.
+        seed: fixes the sample and the order.
+        data_dir: the MovieLens folder (None: ``$BERTREC_MOVIELENS``).
+
+    Raises:
+        ConfigError: no folder given and ``$BERTREC_MOVIELENS`` not set.
+        NotFoundError: the MovieLens files are missing.
+    """
+    root = movielens_dir(data_dir)
+    data = load_movielens(root)
+    items, titles = item_texts(data), list(data.titles)
     paragraphs = stdlib_paragraphs()
     pools = {"item_text": items, "title": titles, "paragraph": paragraphs}
     rng = random.Random(seed)
@@ -445,12 +437,12 @@ def load_text_mix(n: int, seed: int = 0) -> TextMix:
         picks = rng.sample(pool, k) if k <= len(pool) else [rng.choice(pool) for _ in range(k)]
         chosen.extend((t, source) for t in picks)
     rng.shuffle(chosen)
-    return TextMix(texts=[t for t, _ in chosen], sources=[s for _, s in chosen], seed=seed)
-
-
-def text_mix(n: int = 2048, seed: int = 0) -> list[str]:
-    """The texts of ``load_text_mix(n, seed)``."""
-    return load_text_mix(n, seed).texts
+    return TextMix(
+        texts=[t for t, _ in chosen],
+        sources=[s for _, s in chosen],
+        seed=seed,
+        movielens_dir=str(root),
+    )
 
 
 # -- timing ---------------------------------------------------------------------------------

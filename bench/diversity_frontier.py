@@ -21,7 +21,8 @@ Variants:
 - ``history_scaled``: ``recommender`` with the weight scaled per user by their history's
   own diversity over the catalog's (varied taste, more varied list).
 
-The record goes to bench/results/diversity-<UTC>.json.
+The record goes to bench/results/diversity-<UTC>.json. MovieLens comes from ``--data DIR``
+or ``$BERTREC_MOVIELENS``.
 """
 
 from __future__ import annotations
@@ -30,27 +31,32 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.common import log, machine_info, machine_line, versions, write_record
+from bench.common import (
+    add_data_arg,
+    log,
+    machine_info,
+    machine_line,
+    movielens_dir,
+    versions,
+    write_record,
+)
 from bench.recsys_eval import QUICK_USERS, subset, validation_split
-from bertrec.demo import ensure_model
+from bertrec.rank import RANK_DECAY, diverse_picks, mmr_select
+from bertrec.recommend import Recommender
 from bertrec.runtime.encoder import Encoder
-from bertrec.runtime.movielens import (
+from examples.movielens.data import item_texts, load_movielens, split_movielens
+from examples.movielens.metrics import (
     intra_list_diversity,
-    item_texts,
-    load_movielens,
     ndcg_at_k,
     popularity_counts,
-    split_movielens,
     user_history,
 )
-from bertrec.runtime.ranker import mmr_select
-from bertrec.runtime.recommender import RANK_DECAY, Recommender, diverse_picks
+from examples.movielens.model import ensure_model
 
 K = 10
 POOL = 300
@@ -151,7 +157,8 @@ def hit_rate_by_similarity(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
-    data = load_movielens(args.data)
+    data_dir = movielens_dir(args.data)
+    data = load_movielens(data_dir)
     enc = Encoder(ensure_model(args.model, say=log), precision="fp32", device="cpu")
     log(f"encoding {len(data.item_ids):,} items")
     vectors = enc.encode(item_texts(data))
@@ -170,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hist, seen = user_history(s)
             pool = rec.recommend(hist, k=POOL, exclude=seen)
             rows = np.array([row[m] for m, _ in pool], dtype=np.intp)
-            h_rows = [row[m] for m in hist][-rec.recent :]
+            h_rows = [row[m] for m in hist][-rec.scorer.recent :]
             h_ild = intra_list_diversity(vectors[h_rows]) if len(h_rows) > 1 else None
             users.append((rows, np.array([sc for _, sc in pool]), {row[m] for m in s.test}, h_ild))
 
@@ -223,6 +230,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_gain": TARGET_GAIN,
             "recommender_defaults": rec.settings(),
             "catalog_ild": catalog_ild,
+            "data_dir": str(data_dir),
+            "model_variant": enc.variant,
         },
         "machine": machine_info(),
         "versions": versions(),
@@ -257,7 +266,7 @@ def print_report(record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.diversity_frontier", description=__doc__)
     p.add_argument("--quick", action="store_true", help=f"{QUICK_USERS} users, one weight each")
-    p.add_argument("--data", type=Path, default=None, help="ml-latest-small folder")
+    add_data_arg(p)
     p.add_argument("--model", default=None, help="model directory (default: cached export)")
     p.add_argument("--no-record", action="store_true", help="print only, write no JSON")
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 Each recipe is built from the same fp32 export; fidelity is against sentence-transformers
 PyTorch fp32 on real item texts that are not the calibration set; speed is interleaved
 against sentence-transformers fp32 at its best batch size. Rewrites the table in
-quantize/README.md. ``python -m bench.int8_frontier [--quick]``.
+quantize/README.md. ``python -m bench.int8_frontier [--quick] [--data DIR]``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,23 @@ from typing import Any
 import onnx
 
 import bertrec
-from bench.common import bench_model_dir, load_text_mix, machine_info, minilm_source, write_record
+from bench.common import (
+    add_data_arg,
+    bench_model_dir,
+    load_text_mix,
+    machine_info,
+    minilm_source,
+    usable_cores,
+    versions,
+    write_record,
+)
 from bench.int8_pertoken import per_token_matmuls
 from bench.int8_smoothing import activation_absmax, smooth_matmuls
+from bertrec.core import atomic_write_bytes, sha256_file
 from bertrec.quantize.graph import quantize_embedding_rows, store_matmul_weights_fp16
 from bertrec.quantize.quantizer import matmul_groups
 from bertrec.runtime.fidelity import fidelity
-from bertrec.runtime.manifest import read_manifest, sha256_file, write_manifest
+from bertrec.runtime.manifest import read_manifest, write_manifest
 from bertrec.runtime.texts import default_sentences
 
 README = Path(__file__).resolve().parents[1] / "quantize" / "README.md"
@@ -157,13 +167,14 @@ def _with_variant(model_dir: Path, work: Path, name: str, build: Callable[[Path]
     return d
 
 
-def run(s: Settings) -> dict[str, Any]:
+def run(s: Settings, data_dir: Path | None = None) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    threads = len(__import__("os").sched_getaffinity(0))
+    threads = usable_cores()
     torch.set_num_threads(threads)
-    texts = load_text_mix(s.texts).texts
+    mix = load_text_mix(s.texts, data_dir=data_dir)
+    texts = mix.texts
     model_dir = bench_model_dir()
     st = SentenceTransformer(str(minilm_source()), device="cpu")
     reference = st.encode(texts, normalize_embeddings=True, batch_size=32)
@@ -208,6 +219,8 @@ def run(s: Settings) -> dict[str, Any]:
     return {
         "settings": asdict(s),
         "machine": machine_info(),
+        "versions": versions(),
+        "text_mix": mix.describe(),
         "st_fp32_best": st_best,
         "st_fp32": {n: v for n, v in speed.items() if n.startswith("st-")},
         "rows": list(rows.values()),
@@ -234,12 +247,13 @@ def table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.int8_frontier", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
-    args = p.parse_args()
+    add_data_arg(p)
+    args = p.parse_args(argv)
     s = Settings(texts=64, repeats=1, st_batch_sizes=(16,)) if args.quick else Settings()
-    record = run(s)
+    record = run(s, args.data)
     path = write_record("int8-frontier", record, quick=args.quick)
     text = table(record)
     print(text)
@@ -248,9 +262,8 @@ def main() -> None:
         doc = README.read_text(encoding="utf-8")
         if START in doc and END in doc:
             head, rest = doc.split(START, 1)
-            README.write_text(
-                head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1], encoding="utf-8"
-            )
+            new = head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+            atomic_write_bytes(README, new.encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ padded token-budget batches through an ``AsyncInferQueue`` with two requests, an
 both interleaved on the text mix. It prints sentences/s of each and the share of the
 encode time spent tokenizing (the most that overlapping tokenization could save).
 
-    python -m bench.openvino_async [--repeats 6]
+    python -m bench.openvino_async [--repeats 6] [--data DIR]
 
 Adopted: ``Encoder.encode`` now runs calls of several batches this way
 (``OpenVinoRunner.run_many``), and single batches on the LATENCY-mode model, whose one
@@ -25,19 +25,20 @@ from collections.abc import Iterator
 import numpy as np
 
 import bertrec
-from bench.common import bench_model_dir, load_text_mix, machine_info, machine_line
-from bertrec.runtime.batching import plan_batches
+from bench.common import add_data_arg, bench_model_dir, load_text_mix, machine_info, machine_line
 from bertrec.runtime.encoder import DEFAULT_MAX_BATCH_TOKENS
+from bertrec.runtime.planning import plan_batches
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.openvino_async", description=__doc__)
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--texts", type=int, default=2048)
-    args = p.parse_args()
+    add_data_arg(p)
+    args = p.parse_args(argv)
     import openvino as ov
 
-    texts = load_text_mix(args.texts).texts
+    texts = load_text_mix(args.texts, data_dir=args.data).texts
     model_dir = bench_model_dir()
     enc = bertrec.Encoder(model_dir, precision="bf16", backend="openvino", device="cpu")
     budget = DEFAULT_MAX_BATCH_TOKENS["cpu"]

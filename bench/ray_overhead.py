@@ -4,6 +4,8 @@ encoded in this process and on a local Ray (one worker, then one per CPU).
     python -m bench.ray_overhead            # 20,000 texts (~5 min on 2 cores)
     python -m bench.ray_overhead --quick    # 4,000 texts, CI smoke (< 2 min)
 
+MovieLens comes from ``--data DIR`` or ``$BERTREC_MOVIELENS``.
+
 The one-worker Ray figure is the per-worker throughput to plan a cluster with; its gap to
 one in-process thread is Ray's overhead (actor start, model load per actor, scheduling).
 Every run is checked to give the in-process ids and vectors. A JSON record goes to
@@ -13,7 +15,6 @@ bench/results/ray-<UTC>.json (a quick one to a temp dir).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -28,18 +29,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import (
-    MOVIELENS_DIR,
     VERSIONED,
+    add_data_arg,
     bench_model_dir,
     log,
     machine_info,
     machine_line,
+    movielens_dir,
     usable_cores,
     versions,
     write_record,
 )
-from bertrec.runtime.batch import encode_dataset
+from bertrec.jobs import encode_dataset
 from bertrec.runtime.encoder import Encoder
+from examples.movielens.data import load_movielens
 
 # Two phrasings per film, so 20,000 rows are realistic item texts with few repeats.
 TEMPLATES = ("{title}. Genres: {genres}.", "A {genres} film: {title}")
@@ -60,13 +63,15 @@ class Row:
     loadavg_1m_after: float
 
 
-def movielens_texts(n: int) -> list[str]:
-    """``n`` item texts from MovieLens movies.csv (title and genres), cycling the films."""
-    path = MOVIELENS_DIR / "movies.csv"
-    if not path.is_file():
-        sys.exit(f"MovieLens not found at {path} (set BERTREC_MOVIELENS)")
-    with path.open(encoding="utf-8") as f:
-        films = [(r["title"], r["genres"].replace("|", ", ").lower()) for r in csv.DictReader(f)]
+def movielens_texts(n: int, data_dir: Path) -> list[str]:
+    """``n`` short texts of MovieLens films (title and genres in two phrasings), cycling the
+    films. Shorter than the demo's ``item_text`` (no tags), so a Ray job's rows are many
+    and cheap, which is where its per-row overhead shows."""
+    data = load_movielens(data_dir)
+    films = [
+        (title, ", ".join(genres).lower() or "(no genres listed)")
+        for title, genres in zip(data.titles, data.genres, strict=True)
+    ]
     out = []
     for i in range(n):
         title, genres = films[i % len(films)]
@@ -109,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", help="model variant (auto: as Encoder)")
     p.add_argument("--model", type=Path, default=None, help="model dir (default: cached MiniLM)")
     p.add_argument("--out", type=Path, default=None, help="results folder")
+    add_data_arg(p)
     args = p.parse_args(argv)
+    data_dir = movielens_dir(args.data)
     import ray
 
     machine = machine_info()
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bertrec-ray-bench-") as tmp:
         work = Path(tmp)
         src = work / "items.parquet"
-        texts = movielens_texts(n)
+        texts = movielens_texts(n, data_dir)
         pq.write_table(pa.table({"id": np.arange(n, dtype=np.int64), "text": texts}), src)
         enc.encode(texts[:256])  # warm-up: first-run compilation and caches, not timed
         del enc
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "precision": precision,
             "model": str(model),
             "texts": "MovieLens movies.csv: title and genres, 2 templates",
+            "data_dir": str(data_dir),
         },
         "machine": machine,
         "versions": versions((*VERSIONED, "ray", "pyarrow")),

@@ -4,9 +4,9 @@ diversity and coverage of ``bertrec.Recommender`` against the popularity baselin
     python -m bench.recsys_eval           # 610 users, the settings sweep, + int8 (< 10 min)
     python -m bench.recsys_eval --quick   # 100 users, a few settings, fp32 only (< 2 min)
 
-Protocol (``bertrec.runtime.movielens``): per user, ratings sorted by time; the last 10
-ratings >= 4.0 are the test set, every other rating is history and is left out of the
-ranking (nothing else is); relevance is binary; figures are averages over all users.
+Protocol (``examples.movielens.data`` and ``.metrics``): per user, ratings sorted by time;
+the last 10 ratings >= 4.0 are the test set, every other rating is history and is left out
+of the ranking (nothing else is); relevance is binary; figures are averages over all users.
 Popularity counts history ratings only. The recommender's history is the user's liked
 (>= 4.0) history items, oldest first.
 
@@ -15,8 +15,8 @@ out of the history the same way (the 10 liked ratings before the test ones held 
 popularity recounted without them). Defaults are picked by the mean of the two NDCG@10
 ratios to popularity (ties within 1% go to the cheaper setting), so a setting that only
 fits the test users does not win; the record says whether the Recommender's defaults are
-that pick. A JSON record goes to
-bench/results/recsys-<UTC>.json.
+that pick. A JSON record goes to bench/results/recsys-<UTC>.json. MovieLens comes from
+``--data DIR`` or ``$BERTREC_MOVIELENS``.
 """
 
 from __future__ import annotations
@@ -26,25 +26,32 @@ import math
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import log, machine_info, machine_line, versions, write_record
-from bertrec.demo import ensure_model
+from bench.common import (
+    add_data_arg,
+    log,
+    machine_info,
+    machine_line,
+    movielens_dir,
+    versions,
+    write_record,
+)
+from bertrec.rank import SUGGESTED_DIVERSITY
+from bertrec.recommend import Recommender
 from bertrec.runtime.encoder import Encoder
-from bertrec.runtime.movielens import (
+from examples.movielens.data import (
     MovieLens,
     UserSplit,
-    evaluate,
     item_texts,
     load_movielens,
-    popularity_counts,
     split_movielens,
     temporal_split,
 )
-from bertrec.runtime.recommender import SUGGESTED_DIVERSITY, Recommender
+from examples.movielens.metrics import evaluate, popularity_counts
+from examples.movielens.model import ensure_model
 
 # Acceptance (the issue): defaults >= 1.15x popularity NDCG@10; diversity re-ranking at
 # its suggested weight raises intra-list diversity >= 20% for <= 5% NDCG@10 loss; int8
@@ -126,7 +133,8 @@ def figures(m: Any) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     model_dir = ensure_model(args.model, say=log)
-    data = load_movielens(args.data)
+    data_dir = movielens_dir(args.data)
+    data = load_movielens(data_dir)
     texts = item_texts(data)
     test_all = split_movielens(data)
     val_all = validation_split(data, test_all)
@@ -283,7 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model_dir": str(model_dir),
             "model_fingerprint": encoders["fp32"].fingerprint,
             "encoders": {p: repr(e) for p, e in encoders.items()},
-            "data_dir": str(args.data) if args.data else "default",
+            "variants": {p: e.variant for p, e in encoders.items()},
+            "data_dir": str(data_dir),
             "recommender_defaults": defaults,
             "suggested_diversity": SUGGESTED_DIVERSITY,
             "item_text_example": texts[0],
@@ -365,7 +374,7 @@ def print_report(record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.recsys_eval", description=__doc__)
     p.add_argument("--quick", action="store_true", help=f"{QUICK_USERS} users, few settings")
-    p.add_argument("--data", type=Path, default=None, help="ml-latest-small folder")
+    add_data_arg(p)
     p.add_argument("--model", default=None, help="model directory (default: cached export)")
     p.add_argument("--users", type=int, default=None, help="evaluate a random subset")
     p.add_argument("--no-record", action="store_true", help="print only, write no JSON")

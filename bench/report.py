@@ -1,7 +1,8 @@
 """Plots and the README's results section, from the latest JSON record of each kind.
 
-``python -m bench.report`` reads bench/results/ (throughput-*, scorer-*, recsys-*, diversity-*,
-int8-frontier-*, batching-*, ray-*; any kind may be missing), draws PNGs into
+``python -m bench.report`` reads bench/results/ (throughput-*, int8-frontier-*, batching-*,
+scorer-*, recommend-batch-*, recsys-*, diversity-*, ray-*; any kind may be missing), draws
+PNGs into
 bench/results/plots/ and rewrites README.md between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` (and nothing else; without the markers it prints the section).
 ``--quick`` (CI smoke) also accepts quick records and writes plots and the section into
@@ -20,10 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
+from bench.plots import plot_frontier, plot_scorer, plot_throughput
+from bertrec.core import atomic_write_bytes
 
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KINDS = ("throughput", "int8-frontier", "batching", "scorer", "recsys", "diversity", "ray")
+KINDS = (
+    "throughput",
+    "int8-frontier",
+    "batching",
+    "scorer",
+    "recommend-batch",
+    "recsys",
+    "diversity",
+    "ray",
+)
 REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
 
@@ -42,25 +54,11 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _when(rec: dict[str, Any]) -> str:
-    """``20261128T040343Z`` as ``2026-11-28 04:03 UTC``."""
+    """A record's ``written_utc`` (``YYYYMMDDTHHMMSSZ``) as ``YYYY-MM-DD HH:MM UTC``."""
     w = str(rec.get("written_utc", ""))
     if len(w) >= 13 and w[8] == "T":
         return f"{w[:4]}-{w[4:6]}-{w[6:8]} {w[9:11]}:{w[11:13]} UTC"
     return w or "?"
-
-
-def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def _save(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure as PNG and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -184,75 +182,6 @@ def _shape_title(name: str) -> str:
     }.get(name, name)
 
 
-def plot_throughput(rec: dict[str, Any], plots: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = []
-    for name, shape in rec["shapes"].items():
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.2))
-        cmap = plt.get_cmap("tab20")
-        colors = [cmap(i) for i in range(20)]
-        for n, (sys_name, e) in enumerate(shape["systems"].items()):
-            # One colour per system in both panels; bertrec solid, the peers dashed.
-            style = {
-                "color": colors[(2 * n) % 20 if n < 10 else (2 * n + 1) % 20],
-                "linestyle": "-" if sys_name.startswith("bertrec") else "--",
-                "linewidth": 2.0 if sys_name.startswith("bertrec") else 1.3,
-                "label": e.get("label", sys_name),
-            }
-            # Sweep figures where there was a sweep; else the final runs' settings.
-            figs = e.get("sweep") or e.get("final", [])
-            rows = [f for f in figs if f.get("batch_size")]
-            pts = sorted((f["batch_size"], f["sentences_per_s"]) for f in rows)
-            lat = e.get("latency_batch1")
-            if lat and lat.get("sentences_per_s"):
-                pts = [(1, lat["sentences_per_s"]), *pts]
-            if pts:
-                left.plot(*_xy(pts), marker="o", **style)
-            budget = sorted(
-                (f["max_batch_tokens"], f["sentences_per_s"])
-                for f in figs
-                if f.get("max_batch_tokens") and not f.get("batch_size")
-            )
-            if budget:
-                right.plot(*_xy(budget), marker="s", **style)
-        st = shape["settings"]
-        swept = any(e.get("sweep") for e in shape["systems"].values())
-        what = (
-            f"sweep: {st['sweep_texts']} texts, best of 2"
-            if swept
-            else f"{st.get('time_texts', st['texts'])} texts, "
-            f"median of {rec['settings']['repeats']}"
-        )
-        left.set(
-            xscale="log",
-            xlabel="rows per batch (batch 1: one text per call)",
-            ylabel="sentences/s",
-            title=f"{name}: throughput vs batch size ({what})",
-        )
-        left.set_xscale("log", base=2)
-        right.set(
-            xlabel="bertrec max_batch_tokens (padded tokens per batch)",
-            ylabel="sentences/s",
-            title=f"{name}: bertrec token budget ({what})",
-        )
-        right.set_xscale("log", base=2)
-        for ax in (left, right):
-            xs = sorted({x for line in ax.lines for x in line.get_xdata()})
-            if xs:
-                ax.set_xticks(xs, [f"{x:g}" for x in xs])
-            ax.grid(True, alpha=0.3)
-            ax.set_ylim(bottom=0)
-        handles, labels = left.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.13, 1, 1))
-        path = plots / f"throughput-{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
-    return out
-
-
 # -- the other records ----------------------------------------------------------------------
 
 
@@ -280,30 +209,12 @@ def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
     return lines + _md_table(header, rows)
 
 
-def plot_frontier(rec: dict[str, Any], plots: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rec.get("rows", []) if "sentences_per_s" in r and "min_cos" in r]
-    if not rows:
-        return []
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        ax.scatter(r["sentences_per_s"], r["min_cos"], marker="o")
-        ax.scatter(r["sentences_per_s"], r.get("mean_cos", r["min_cos"]), marker="x", c="gray")
-        ax.annotate(str(r.get("recipe")), (r["sentences_per_s"], r["min_cos"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    ax.set(xlabel="sentences/s", ylabel="cosine vs ST fp32 (o: min, x: mean)",
-           title="int8 recipes: speed vs accuracy")  # fmt: skip
-    ax.grid(True, alpha=0.3)
-    return [_save(fig, plots / "int8-frontier.png")]
-
-
 def batching_section(rec: dict[str, Any], src: str) -> list[str]:
     s = rec.get("settings", {})
     lines = [
         "### Token-budget batching",
         "",
-        f"`python -m bench.batching`, record `{src}`: {s.get('texts')} texts, "
+        f"`python -m bench.token_budget`, record `{src}`: {s.get('texts')} texts, "
         f"{s.get('backend')} {s.get('precision')}, mean {_fmt(rec.get('mean_tokens'), '.1f')} "
         f"tokens. Best budget: {rec.get('best_budget')}; "
         f"{_fmt(rec.get('budget_vs_best_fixed'), '.2f')}× the best fixed batch size.",
@@ -338,28 +249,49 @@ def scorer_section(rec: dict[str, Any], src: str) -> list[str]:
     return lines + _md_table(header, rows)
 
 
-def plot_scorer(rec: dict[str, Any], plots: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    results = rec.get("results", [])
-    if not results:
-        return []
-    fig, ax = plt.subplots(figsize=(7, 5))
-    methods = sorted({m for r in results for m in r.get("median_s", {})})
-    for nq in sorted({r.get("queries") for r in results}):
-        for method in methods:
-            pts = sorted(
-                (r["n"], r["median_s"][method] * 1e3)
-                for r in results
-                if r.get("queries") == nq and method in r.get("median_s", {})
-            )
-            if pts:
-                ax.plot(*_xy(pts), marker="o", label=f"{method}, {nq} queries")
-    ax.set(xscale="log", yscale="log", xlabel="catalog size (items)", ylabel="ms per call",
-           title="top-k ranking time vs catalog size")  # fmt: skip
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return [_save(fig, plots / "scorer.png")]
+def recommend_batch_section(rec: dict[str, Any], src: str) -> list[str]:
+    st = rec.get("settings", {})
+    same = "yes" if rec.get("all_equal") else "**no**"
+    lines = [
+        "### Batched recommendations",
+        "",
+        f"`python -m bench.recommend_batch`, record `{src}`: `Recommender.recommend_batch` "
+        "against one `recommend` call per user, same arguments, top "
+        f"{st.get('k')}; medians of {st.get('repeats')} interleaved rounds after a warm-up. "
+        f"Same lists from both paths (ids in order, scores within {st.get('tolerance')}): "
+        f"{same}.",
+        "",
+    ]
+    rows = []
+    for name, c in rec.get("cases", {}).items():
+        runs, check = c.get("runs", {}), c.get("check", {})
+        rows.append(
+            [
+                name,
+                _fmt(c.get("users"), ","),
+                _fmt(c.get("users_per_run"), ","),
+                _fmt(c.get("items"), ","),
+                _fmt(c.get("history_mean"), ".1f"),
+                _fmt(runs.get("batch", {}).get("users_per_s"), ".1f"),
+                _fmt(runs.get("loop", {}).get("users_per_s"), ".1f"),
+                _fmt(c.get("batch_vs_loop"), ".2f"),
+                _fmt(check.get("max_score_diff"), ".1e"),
+            ]
+        )
+    header = ["case", "users", "users per run", "items", "mean history", "batch users/s",
+              "loop users/s", "batch ÷ loop", "max score diff"]  # fmt: skip
+    lines += _md_table(header, rows)
+    synthetic = rec.get("cases", {}).get("synthetic")
+    if synthetic:
+        lines += [
+            "",
+            f"Synthetic: random unit vectors of dim {synthetic.get('dim')}, "
+            f"{st.get('history')} random history items per user, popularity "
+            f"{synthetic.get('popularity')}; each round times the next "
+            f"{_fmt(synthetic.get('users_per_run'), ',')} users. MovieLens: "
+            f"{rec['cases'].get('movielens', {}).get('history', 'the recsys_eval protocol')}.",
+        ]
+    return lines
 
 
 def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -541,6 +473,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "int8-frontier": frontier_section,
     "batching": batching_section,
     "scorer": scorer_section,
+    "recommend-batch": recommend_batch_section,
     "recsys": recsys_section,
     "diversity": diversity_section,
     "ray": ray_section,
@@ -553,8 +486,9 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
 COMMANDS = {
     "throughput": "python -m bench.throughput",
     "int8-frontier": "python -m bench.int8_frontier",
-    "batching": "python -m bench.batching",
+    "batching": "python -m bench.token_budget",
     "scorer": "python -m bench.scorer",
+    "recommend-batch": "python -m bench.recommend_batch",
     "recsys": "python -m bench.recsys_eval",
     "diversity": "python -m bench.diversity_frontier",
     "ray": "python -m bench.ray_overhead",
@@ -643,7 +577,7 @@ def rewrite_readme(readme: Path, section: str) -> bool:
     _, tail = rest.split(END, 1)
     new = f"{head}{START}\n{section}{END}{tail}"
     if new != doc:
-        readme.write_text(new, encoding="utf-8")
+        atomic_write_bytes(readme, new.encode("utf-8"))
     return True
 
 

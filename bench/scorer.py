@@ -22,11 +22,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.common import log, machine_info, machine_line, median, versions, write_record
-from bertrec.runtime.ranker import CosineRanker
+from bench.common import (
+    blas_threads,
+    log,
+    machine_info,
+    machine_line,
+    median,
+    versions,
+    write_record,
+)
+from bertrec.rank import CosineRanker
 
-# The naive baseline sorts every score; at 1M items and 1,024 queries that is ~270 s a run,
-# so it is timed on at most this many queries and scaled linearly (it is per-query work).
+# The naive baseline sorts every score, minutes a run at 1M items and 1,024 queries, so it
+# is timed on at most this many queries and scaled linearly (it is per-query work).
 NAIVE_MAX_QUERIES = 32
 NAIVE_CHUNK = 16
 
@@ -42,7 +50,7 @@ class Settings:
     repeats: int = 5
     # One query takes milliseconds and its time swings with cache and load: more samples.
     repeats_single: int = 25
-    # Repeats for the longest cases (1,024 queries on 1M items run ~20 s per method).
+    # Repeats for the largest cases (work >= large_work: 1,024 queries on 1M items), the slowest.
     repeats_large: int = 2
     large_work: int = 200_000_000
     seed: int = 0
@@ -162,17 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log("faiss-cpu is not installed: the FAISS column is left out (pip install faiss-cpu)")
     threads: dict[str, Any] = {
-        "faiss_omp": faiss.omp_get_max_threads() if faiss is not None else None
+        "faiss_omp": faiss.omp_get_max_threads() if faiss is not None else None,
+        "blas": blas_threads(),
     }
-    try:
-        from threadpoolctl import threadpool_info
-
-        threads["blas"] = [
-            {k: i.get(k) for k in ("internal_api", "num_threads", "version")}
-            for i in threadpool_info()
-        ]
-    except ImportError:
-        pass
     settings = Settings(**{**asdict(settings), "threads": threads})
     machine = machine_info()
     log(f"machine: {machine_line(machine)}")

@@ -1,7 +1,8 @@
 """Token-budget batching vs fixed batch sizes on a realistic length mix, in one run.
 
 Also sweeps the budget to choose ``DEFAULT_MAX_BATCH_TOKENS`` for the CPU.
-``python -m bench.batching [--quick]`` writes bench/results/batching-<ts>.json.
+``python -m bench.token_budget [--quick] [--data DIR]`` writes
+bench/results/batching-<ts>.json (the record kind keeps its name from the earlier script).
 """
 
 from __future__ import annotations
@@ -10,9 +11,20 @@ import argparse
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import bertrec
-from bench.common import bench_model_dir, load_text_mix, machine_info, write_record
+from bench.common import (
+    add_data_arg,
+    bench_model_dir,
+    load_text_mix,
+    machine_info,
+    usable_cores,
+    versions,
+    write_record,
+)
+
+KIND = "batching"
 
 
 @dataclass(frozen=True)
@@ -23,11 +35,12 @@ class Settings:
     backend: str = "onnxruntime"
     budgets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
     fixed_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
-    threads: int = field(default_factory=lambda: len(__import__("os").sched_getaffinity(0)))
+    threads: int = field(default_factory=usable_cores)
 
 
-def run(settings: Settings) -> dict[str, object]:
-    texts = load_text_mix(settings.texts).texts
+def run(settings: Settings, data_dir: Path | None = None) -> dict[str, object]:
+    mix = load_text_mix(settings.texts, data_dir=data_dir)
+    texts = mix.texts
     model_dir = bench_model_dir()
     configs: dict[str, bertrec.Encoder] = {}
     calls: dict[str, dict[str, int | None]] = {}
@@ -81,6 +94,8 @@ def run(settings: Settings) -> dict[str, object]:
     return {
         "settings": asdict(settings),
         "machine": machine_info(),
+        "versions": versions(),
+        "text_mix": mix.describe(),
         "mean_tokens": n_tokens / len(texts),
         "rows": rows,
         "best_budget": best_budget["config"],
@@ -88,11 +103,12 @@ def run(settings: Settings) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.token_budget", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
     p.add_argument("--precision", default="int8")
-    args = p.parse_args()
+    add_data_arg(p)
+    args = p.parse_args(argv)
     s = Settings(precision=args.precision)
     if args.quick:
         s = Settings(
@@ -102,8 +118,8 @@ def main() -> None:
             budgets=(512, 2048),
             fixed_batch_sizes=(16,),
         )
-    record = run(s)
-    path = write_record("batching", record, quick=args.quick)
+    record = run(s, args.data)
+    path = write_record(KIND, record, quick=args.quick)
     print(f"{'config':24s} {'sent/s':>8s} {'tok/s':>8s}")
     for r in record["rows"]:  # type: ignore[union-attr]
         print(f"{r['config']:24s} {r['sentences_per_s']:8.0f} {r['tokens_per_s']:8.0f}")

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 from bertrec.core import check_bool, check_choice, check_int, json_bytes
 from bertrec.errors import ConfigError, FileFormatError, InputTypeError, InputValueError
 from bertrec.rank.mmr import DEFAULT_CANDIDATES, check_diversity, diverse_picks
-from bertrec.rank.topk import blocked_topk
+from bertrec.rank.topk import block_rows_for, blocked_topk
 from bertrec.recommend.catalog import (
     ItemCatalog,
     TextEncoder,
@@ -359,7 +359,7 @@ class Recommender:
         width = min(len(self), max(k, self.candidates) if mmr else k)
         catalog = self.catalog
         out: list[list[tuple[Any, float]]] = []
-        for chunk in user_chunks(users, self.scorer.recent):
+        for chunk in user_chunks(users, self.scorer):
             group = users[chunk]
             excluded = []
             for j, u in enumerate(group):
@@ -369,7 +369,9 @@ class Recommender:
                     parts.append(catalog.rows_of(id_list(extra, "exclude"), skip_unknown=True))
                 excluded.append(np.unique(np.concatenate(parts)) if parts else None)
             score = self.scorer.block_scores(group, catalog.vectors, self._prior)
-            scores, rows = blocked_topk(score, len(catalog), len(group), width, excluded)
+            # One block of similarities per scored entry stays about BLOCK_BYTES.
+            block = block_rows_for(sum(max(1, self.scorer.entries(u)) for u in group))
+            scores, rows = blocked_topk(score, len(catalog), len(group), width, excluded, block)
             for s, r in zip(scores, rows, strict=True):
                 best = r[r >= 0]
                 s = s[: len(best)]

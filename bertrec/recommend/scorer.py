@@ -128,49 +128,57 @@ class Scorer:
 
         return score
 
+    def entries(self, user: History) -> int:
+        """History entries that shape the user's scores (for sizing blocks)."""
+        if self.profile == "mean":
+            return 1
+        return min(self.recent, int((user.weights > 0).sum()))
+
     def _knn(
         self, users: Sequence[History], catalog: NDArray[np.float32]
     ) -> Callable[[int, int], NDArray[np.float32]]:
+        # Users are grouped by how many entries count, so a group's entries stack into one
+        # GEMM against each block of items with no padding, and the top-m selection runs
+        # over a (users, entries, items) array of that exact width.
+        groups: dict[int, list[int]] = {}
         latest = []
-        for u in users:
+        for i, u in enumerate(users):
             keep = u.weights > 0
-            latest.append((u.vectors[keep][-self.recent :], u.weights[keep][-self.recent :]))
-        width = max(1, max(len(v) for v, _ in latest))
-        nu, dim = len(users), catalog.shape[1]
-        vecs = np.zeros((nu, width, dim), dtype=np.float32)
-        scale = np.zeros((nu, width), dtype=np.float32)
-        for i, (v, w) in enumerate(latest):
-            vecs[i, : len(v)] = v
+            v, w = u.vectors[keep][-self.recent :], u.weights[keep][-self.recent :]
+            latest.append((v, w))
             if len(v):
-                scale[i, : len(v)] = w / w.max()
-        valid = scale > 0
-        # Entries averaged per user: top_m, or all of a shorter history (0 for a cold user).
-        m = min(self.top_m, width)
-        count = np.maximum(np.minimum(valid.sum(axis=1), m), 1).astype(np.float32)
-        scaled = bool((scale[valid] != 1).any())
-        # (user, item, entry) layout: the top-m selection runs along the contiguous axis.
-        entries_t = np.ascontiguousarray(vecs.transpose(0, 2, 1))
-        scale_t, valid_t = scale[:, None, :], valid[:, None, :]
+                groups.setdefault(len(v), []).append(i)
+        plans = []
+        for width, members in sorted(groups.items()):
+            stack = np.ascontiguousarray(np.concatenate([latest[i][0] for i in members]))
+            scale = np.stack([latest[i][1] / latest[i][1].max() for i in members])
+            scaled = scale.astype(np.float32)[:, :, None] if (scale != 1).any() else None
+            plans.append((np.asarray(members), width, stack.astype(np.float32), scaled))
+        m = self.top_m
 
         def content(start: int, stop: int) -> NDArray[np.float32]:
-            sims = np.matmul(catalog[start:stop], entries_t)  # (users, items, entries)
-            if scaled:
-                sims *= scale_t
-            if m < width:
-                np.copyto(sims, np.float32(-np.inf), where=~valid_t)
-                top = np.partition(sims, width - m, axis=2)[:, :, width - m :]
-                top[top == -np.inf] = 0.0  # users with fewer than m entries
-                total = top.sum(axis=2)
-            else:
-                np.copyto(sims, np.float32(0.0), where=~valid_t)
-                total = sims.sum(axis=2)
-            return total / count[:, None]
+            out = np.zeros((len(users), stop - start), dtype=np.float32)
+            block_t = catalog[start:stop].T
+            for members, width, stack, scaled in plans:
+                sims = (stack @ block_t).reshape(len(members), width, stop - start)
+                if scaled is not None:
+                    sims *= scaled
+                if m < width:
+                    sims = np.partition(sims, width - m, axis=1)[:, width - m :]
+                out[members] = sims.sum(axis=1) / np.float32(min(m, width))
+            return out
 
         return content
 
 
-def user_chunks(users: Sequence[History], recent: int) -> list[slice]:
-    """Slices of ``users`` holding about ``CHUNK_ENTRIES`` scored history entries each."""
-    per_user = max(1, min(recent, max((len(u.vectors) for u in users), default=1)))
-    size = max(1, CHUNK_ENTRIES // per_user)
-    return [slice(i, i + size) for i in range(0, len(users), size)]
+def user_chunks(users: Sequence[History], scorer: Scorer) -> list[slice]:
+    """Consecutive slices of ``users`` holding about ``CHUNK_ENTRIES`` scored entries each."""
+    chunks, start, total = [], 0, 0
+    for i, u in enumerate(users):
+        total += max(1, scorer.entries(u))
+        if total >= CHUNK_ENTRIES:
+            chunks.append(slice(start, i + 1))
+            start, total = i + 1, 0
+    if start < len(users):
+        chunks.append(slice(start, len(users)))
+    return chunks

@@ -190,8 +190,8 @@ def temporal_split(
     is deterministic). The test set is the last ``n_test`` ratings with
     ``rating >= like_threshold``; every other rating of the user is history, in time
     order. That includes the few disliked ratings interleaved with the held-out ones:
-    they are seen items (left out of the ranking) and count towards popularity, which
-    is how the popularity baseline of the issue (NDCG@10 0.0699) was measured. A user
+    they are seen items (left out of the ranking) and count towards popularity, as in
+    the popularity baseline that bench/recsys_eval.py reports. A user
     with fewer liked ratings holds out all of them; a user with none gets an empty
     test set (and scores zero in the averages).
 

@@ -275,5 +275,12 @@ def test_recommend_on_ray_matches_in_process(
         users_input, out, store, k=K, shard_rows=SHARD_ROWS, ray_address="local", workers=2
     )
     assert (result.engine, result.written, result.rejected) == ("ray", 196, 4)
-    assert pq.read_table(out).equals(pq.read_table(recs_in_process))
-    assert files_of(out) == files_of(recs_in_process)
+    # A Ray actor runs BLAS on its own CPU count, which can move a float32 score by its
+    # last bit: the same users get the same lists, with scores equal to 1e-6.
+    ray_rows = pq.read_table(out).to_pylist()
+    local_rows = pq.read_table(recs_in_process).to_pylist()
+    assert [r["user_id"] for r in ray_rows] == [r["user_id"] for r in local_rows]
+    for a, b in zip(ray_rows, local_rows, strict=True):
+        assert a["items"] == b["items"]
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6)
+    assert sorted(files_of(out)) == sorted(files_of(recs_in_process))

@@ -1,10 +1,10 @@
 """Worker for sentence-transformers ``backend="openvino"``, run inside its own venv.
 
 It lives apart because optimum-intel needs optimum 2.3 while bertrec's exporter pins 2.1.
-bench/throughput.py starts it and talks JSON lines over stdin/stdout, one request and one
-reply at a time, so its runs interleave with the in-process systems. Times are taken in
-here around ``encode`` alone, as the in-process systems are, so the pipe costs nothing.
-Only the standard library, numpy and the venv's own packages are imported: this file
+bench/throughput/openvino_peer.py starts it and talks JSON lines over stdin/stdout, one
+request and one reply at a time, so its runs interleave with the in-process systems. Times
+are taken in here around ``encode`` alone, as the in-process systems are, so the pipe costs
+nothing. Only the standard library, numpy and the venv's own packages are imported: this file
 must not import bertrec or bench.
 
 Requests (``op`` and its fields) and replies (``ok`` plus fields, or ``ok: false`` with
