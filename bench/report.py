@@ -201,11 +201,21 @@ def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
             _fmt(r.get("mean_cos"), ".4f"),
             _fmt(r.get("p1_cos"), ".4f"),
             _fmt(r.get("min_cos"), ".4f"),
+            _fmt(r.get("invariance_min_cos"), ".6f"),
             _fmt(r.get("size_ratio"), ".0%"),
         ]
         for r in rec.get("rows", [])
     ]
-    header = ["recipe", "sentences/s", "× ST fp32", "mean cos", "p1 cos", "min cos", "size"]
+    header = [
+        "recipe",
+        "sentences/s",
+        "× ST fp32",
+        "mean cos",
+        "p1 cos",
+        "min cos",
+        "alone vs batch min cos",
+        "size",
+    ]
     return lines + _md_table(header, rows)
 
 

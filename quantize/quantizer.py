@@ -1,13 +1,14 @@
 """``add_variant``: add an int8 (CPU) or fp16 (CUDA) variant to a model directory.
 
 The int8 recipe (see quantize/README.md for the measured frontier):
-  * weights of the attention projections and FFN up-projections: int8, per output
-    channel; activations: uint8, per tensor, scaled at run time (ORT dynamic quantization);
-  * FFN down-projections stay fp32 (their GELU inputs have outlier channels that a
-    per-tensor activation scale cannot represent), stored as fp16 in the file;
+  * every weight MatMul (attention projections, FFN up and down): int8 weights per output
+    channel; activations uint8 with one scale per token, computed at run time
+    (``graph.per_token_matmuls``), so a text's vector does not depend on the rest of its
+    batch;
   * the word-embedding table: int8 rows with one scale per row.
 An accuracy gate against the fp32 variant then runs on calibration text; if it fails,
-more MatMul groups go back to fp32 until it passes (and the manifest says so).
+MatMul groups go back to fp32 (stored as fp16 in the file) until it passes, and the
+manifest says which.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ from bertrec.runtime.manifest import (
 )
 from bertrec.runtime.texts import default_sentences
 
-from .graph import is_quantized, quantize_embedding_rows, store_matmul_weights_fp16
+from .graph import (
+    is_quantized,
+    per_token_matmuls,
+    quantize_embedding_rows,
+    store_matmul_weights_fp16,
+)
 
 log = logging.getLogger("bertrec.quantize")
 
@@ -53,11 +59,12 @@ class Gate:
     top10_overlap: float = 0.9
 
 
-# MatMul groups returned to fp32, one more per step, when the gate fails. The first step
-# is the default recipe: every FFN down-projection plus the first layer's up-projection
-# (the most sensitive one; bench/int8_frontier.py and bench/recsys_eval.py measure what
-# keeping it buys, quantize/README.md shows the figures).
+# MatMul groups kept in fp32, one step further each time the gate fails. The first step,
+# every MatMul in int8, is the default recipe (bench/int8_frontier.py measures the others;
+# quantize/README.md shows the figures).
 FALLBACK_LADDER: tuple[tuple[str, ...], ...] = (
+    (),
+    ("first_ffn_up",),
     ("ffn_down", "first_ffn_up"),
     ("ffn_down", "ffn_up"),
     ("ffn_down", "ffn_up", "attention"),
@@ -102,31 +109,21 @@ def top10_overlap(candidate: NDArray[np.float32], reference: NDArray[np.float32]
 
 
 def _quantize_int8(src: Path, dst: Path, keep_fp32: Sequence[str]) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model = onnx.load(str(src))
     groups = matmul_groups(model)
-    excluded = sorted({name for g in keep_fp32 for name in groups[g]})
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=excluded,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    out = onnx.load(str(dst))
-    tables = quantize_embedding_rows(out)
-    fp16 = store_matmul_weights_fp16(out, set(excluded))
-    onnx.save(out, str(dst))
+    excluded = {name for g in keep_fp32 for name in groups[g]}
+    weighted = {name for names in groups.values() for name in names}
+    quantized = per_token_matmuls(model, weighted - excluded)
+    tables = quantize_embedding_rows(model)
+    fp16 = store_matmul_weights_fp16(model, excluded)
+    onnx.save(model, str(dst))
     return {
-        "method": "onnxruntime dynamic quantization",
+        "method": "bertrec per-token int8 (standard ONNX ops, MatMulInteger)",
         "weights": "int8 per output channel",
-        "activations": "uint8 per tensor, dynamic",
+        "activations": "uint8 per token (row), scaled at run time: batch-invariant",
         "kept_fp32": list(keep_fp32),
         "fp32_matmuls": len(excluded),
-        "int8_matmuls": len({n for v in groups.values() for n in v}) - len(excluded),
+        "int8_matmuls": len(quantized),
         "fp32_weights_stored_fp16": len(fp16),
         "embedding_tables_int8_rows": tables,
     }

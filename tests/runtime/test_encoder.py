@@ -537,3 +537,18 @@ def test_openvino_many_batches_match_one_at_a_time(tiny_model_dir: Path, threads
     np.testing.assert_allclose(many, alone, atol=1e-5)
     assert np.isfinite(many).all()
     np.testing.assert_array_equal(enc.encode(texts[::-1]), many[::-1])
+
+
+@pytest.mark.slow
+def test_minilm_int8_is_batch_invariant(minilm_model_dir: Path, movie_texts: list[str]) -> None:
+    """The real int8 variant: each text's vector alone equals its vector in a mixed batch
+    (long and short neighbours, padding, budgets that cut the batch differently)."""
+    texts = movie_texts[3::40][:200]
+    alone = bertrec.Encoder(minilm_model_dir, precision="int8", backend="onnxruntime")
+    ref = np.stack([alone.encode([t])[0] for t in texts])
+    for budget in (512, 4096, 16384):
+        enc = bertrec.Encoder(
+            minilm_model_dir, precision="int8", backend="onnxruntime", max_batch_tokens=budget
+        )
+        got = enc.encode(texts[::-1])[::-1]
+        assert float(np.min(np.sum(got * ref, axis=1))) >= 0.99999, budget
