@@ -18,6 +18,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
+from bertrec.core import check_optional_int
 from bertrec.errors import (
     ConfigError,
     FileFormatError,
@@ -41,6 +42,9 @@ from .providers import cuda_usable
 log = logging.getLogger("bertrec.runtime")
 
 DEVICES = ("auto", "cpu", "cuda")
+# Prompt names encode_query / encode_document look for, in order (sentence-transformers').
+QUERY_PROMPTS = ("query",)
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 
 # Padded tokens per batch. Chosen by bench/token_budget.py: on CPU, small batches stay in
@@ -189,6 +193,7 @@ class Encoder:
         threads: int | None = None,
         backend: str = "auto",
         verify: bool = True,
+        truncate_dim: int | None = None,
     ) -> None:
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
@@ -223,10 +228,44 @@ class Encoder:
         budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[self.device]
         plan_batches([1], budget)  # validates the budget once, up front
         self.max_batch_tokens = budget
-        self.dim = self.manifest.dim
+        self.truncate_dim = check_optional_int(truncate_dim, "truncate_dim")
+        if self.truncate_dim is not None and self.truncate_dim > self.manifest.dim:
+            raise ConfigError(
+                f"truncate_dim {self.truncate_dim} exceeds the model's {self.manifest.dim} "
+                "dimensions"
+            )
+        # The width of the vectors encode returns (what a catalog or an index stores).
+        self.dim = self.truncate_dim or self.manifest.dim
         self.max_length = self.manifest.max_length
+        self.prompts: dict[str, str] = dict(self.manifest.prompts)
+        self.default_prompt_name = self.manifest.default_prompt_name
         self._tokenizer = self._load_tokenizer()
         self._inputs = self._runner.input_names
+        log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One line: the backend and variant that run, why, and their recorded fidelity."""
+        figures = self._recorded_fidelity()
+        return (
+            f"bertrec Encoder: {self.backend} {self.precision} on {self.device} "
+            f"({self.backend_reason}); {figures}"
+        )
+
+    def _recorded_fidelity(self) -> str:
+        if self.precision == "bf16":
+            check = bf16_check(self.manifest) or {}
+            ref = "fp32 (bertrec check)"
+        else:
+            variant = self.manifest.variants.get(self.precision)
+            check = variant.validation if variant else {}
+            check = check.get("vs_pytorch", check) if isinstance(check, dict) else {}
+            ref = str(check.get("reference", "pytorch fp32" if self.precision != "fp32" else "?"))
+        if not isinstance(check.get("mean_cos"), (int, float)):
+            return "no fidelity recorded"
+        return (
+            f"recorded fidelity vs {ref}: mean cosine {float(check['mean_cos']):.5f}, "
+            f"min {float(check.get('min_cos', float('nan'))):.5f}"
+        )
 
     # -- construction -------------------------------------------------------------------
 
@@ -267,40 +306,35 @@ class Encoder:
         file = "fp32" if self.precision == "bf16" else self.precision
         return f"{self.precision}:{self.manifest.variants[file].sha256[:12]}"
 
-    def encode(
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """Token ids of ``texts`` (special tokens added, truncated to ``max_length``): the
+        first half of ``encode``, for callers that overlap tokenizing with running (a
+        server tokenizes the next batch while the current one runs).
+
+        Raises:
+            InputTypeError / InputValueError: as ``encode``.
+        """
+        items = _check_texts(texts)
+        return self._tokenize(items) if items else []
+
+    def encode_tokens(
         self,
-        texts: Sequence[str] | str,
+        encodings: Sequence[Encoding],
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> NDArray[np.float32]:
-        """Encode texts to an (n, dim) float32 array, rows in input order.
-
-        A single ``str`` gives a (dim,) vector, as in sentence-transformers. An empty list
-        gives shape (0, dim). An empty string is encoded like any other text.
-
-        Args:
-            texts: strings to encode.
-            batch_size: optional cap on rows per batch (the token budget still applies).
-            show_progress: show a progress bar over batches.
-
-        Raises:
-            InputTypeError: ``texts`` or one of its elements is not a str (index named).
-            InputValueError: a text is not valid Unicode (e.g. a lone surrogate; index named).
-        """
-        if isinstance(texts, str):
-            return self.encode([texts], batch_size=batch_size)[0]
-        items = _check_texts(texts)
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        if not items:
+        """The model's (n, manifest.dim) vectors for tokenized texts (``tokenize``), rows in
+        input order: token-budget batches, longest first."""
+        out = np.empty((len(encodings), self.manifest.dim), dtype=np.float32)
+        if not len(encodings):
             return out
-        encodings = self._tokenize(items)
         lengths = [len(e.ids) for e in encodings]
         batches = plan_batches(lengths, self.max_batch_tokens, batch_size)
         progress = None
         if show_progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(items), desc="encode", unit="text")
+            progress = tqdm(total=len(encodings), desc="encode", unit="text")
 
         def padded() -> Iterator[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]]:
             for rows in batches:
@@ -319,15 +353,115 @@ class Encoder:
             progress.close()
         return out
 
+    def encode(
+        self,
+        texts: Sequence[str] | str,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        truncate_dim: int | None = None,
+        show_progress: bool | None = None,
+    ) -> Any:
+        """Encode texts to an (n, dim) float32 array, rows in input order.
+
+        The arguments are sentence-transformers' ``encode`` arguments. A single ``str``
+        gives a (dim,) vector. An empty list gives shape (0, dim). An empty string is
+        encoded like any other text.
+
+        Args:
+            texts: strings to encode.
+            batch_size: optional cap on rows per batch (the token budget still applies).
+            show_progress_bar: show a progress bar over texts (``show_progress`` is the
+                same).
+            prompt_name: a prompt of the model's (``encoder.prompts``, from the checkpoint's
+                ``config_sentence_transformers.json``) to put before every text; None uses
+                the model's default prompt, if it has one.
+            prompt: a prompt text to put before every text (wins over ``prompt_name``).
+            normalize_embeddings: scale the rows to unit length (models exported with
+                ``normalize`` already give unit rows).
+            convert_to_numpy: True gives one array; False a list of 1-D arrays.
+            truncate_dim: keep the first dimensions only (Matryoshka models); default the
+                encoder's own ``truncate_dim``.
+
+        Raises:
+            InputTypeError: ``texts`` or one of its elements is not a str (index named), or
+                ``texts`` is a dict or a set.
+            InputValueError: a text is not valid Unicode (e.g. a lone surrogate; index named).
+            ConfigError: an unknown ``prompt_name``, or a bad ``batch_size``/``truncate_dim``.
+        """
+        single = isinstance(texts, str)
+        items: list[str] = [texts] if isinstance(texts, str) else _check_texts(texts)
+        check_optional_int(batch_size, "batch_size")
+        head = self._prompt(prompt_name, prompt)
+        if head:
+            items = [head + t for t in items]
+        bar = bool(show_progress_bar if show_progress_bar is not None else show_progress)
+        out = self.encode_tokens(self._tokenize(items) if items else [], batch_size, bar)
+        out = self._finish(out, normalize_embeddings, truncate_dim)
+        if single:
+            return out[0]
+        return out if convert_to_numpy else list(out)
+
+    def encode_query(self, texts: Sequence[str] | str, **kwargs: Any) -> Any:
+        """``encode`` with the model's ``query`` prompt (if it has one), as in
+        sentence-transformers."""
+        return self.encode(texts, **self._role_prompt(QUERY_PROMPTS, kwargs))
+
+    def encode_document(self, texts: Sequence[str] | str, **kwargs: Any) -> Any:
+        """``encode`` with the model's ``document``/``passage``/``corpus`` prompt (if it has
+        one), as in sentence-transformers."""
+        return self.encode(texts, **self._role_prompt(DOCUMENT_PROMPTS, kwargs))
+
+    def _role_prompt(self, names: tuple[str, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "prompt" not in kwargs and "prompt_name" not in kwargs:
+            found = next((n for n in names if n in self.prompts), None)
+            if found is not None:
+                kwargs = {**kwargs, "prompt_name": found}
+        return kwargs
+
+    def _prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputTypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise ConfigError(f"unknown prompt_name {name!r}; this model's prompts: {known}")
+        return self.prompts[name]
+
+    def _finish(
+        self, out: NDArray[np.float32], normalize: bool, truncate_dim: int | None
+    ) -> NDArray[np.float32]:
+        dim = check_optional_int(truncate_dim, "truncate_dim") or self.truncate_dim
+        if dim is not None:
+            if dim > self.manifest.dim:
+                raise ConfigError(
+                    f"truncate_dim {dim} exceeds the model's {self.manifest.dim} dimensions"
+                )
+            out = np.ascontiguousarray(out[:, :dim])
+        if normalize and len(out):
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out = out / np.maximum(norms, np.float32(1e-12))
+        return out
+
     def encode_iter(
         self,
         texts: Iterable[str],
         chunk_size: int = 4096,
         batch_size: int | None = None,
+        **kwargs: Any,
     ) -> Iterator[NDArray[np.float32]]:
         """Encode a stream chunk by chunk; memory stays bounded by ``chunk_size``.
 
-        Yields one (m, dim) array per chunk of up to ``chunk_size`` texts, in order.
+        Yields one (m, dim) array per chunk of up to ``chunk_size`` texts, in order;
+        ``kwargs`` are ``encode``'s (``prompt_name``, ``normalize_embeddings`` ...).
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ConfigError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -340,15 +474,17 @@ class Encoder:
         for t in texts:
             chunk.append(t)
             if len(chunk) == chunk_size:
-                yield self._encode_chunk(chunk, seen, batch_size)
+                yield self._encode_chunk(chunk, seen, batch_size, kwargs)
                 seen += len(chunk)
                 chunk = []
         if chunk:
-            yield self._encode_chunk(chunk, seen, batch_size)
+            yield self._encode_chunk(chunk, seen, batch_size, kwargs)
 
-    def _encode_chunk(self, chunk: list[str], offset: int, batch_size: int | None) -> Any:
+    def _encode_chunk(
+        self, chunk: list[str], offset: int, batch_size: int | None, kwargs: dict[str, Any]
+    ) -> Any:
         try:
-            return self.encode(chunk, batch_size=batch_size)
+            return self.encode(chunk, batch_size=batch_size, **kwargs)
         except (InputTypeError, InputValueError) as exc:
             # Re-point the index at the position in the whole stream.
             raise type(exc)(f"{exc} (chunk starting at stream position {offset})") from exc

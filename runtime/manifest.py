@@ -101,6 +101,9 @@ class Manifest:
     runtime_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The checkpoint's position limit (max_position_embeddings less reserved slots).
     position_limit: int | None = None
+    # sentence-transformers prompts (config_sentence_transformers.json): name -> text.
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +144,12 @@ class Manifest:
                 position_limit=(
                     None if data.get("position_limit") is None else int(data["position_limit"])
                 ),
+                prompts={str(k): str(v) for k, v in dict(data.get("prompts") or {}).items()},
+                default_prompt_name=(
+                    None
+                    if data.get("default_prompt_name") is None
+                    else str(data["default_prompt_name"])
+                ),
                 schema_version=SCHEMA_VERSION,
             )
         except KeyError as exc:
@@ -158,6 +167,11 @@ class Manifest:
             )
         if not m.variants:
             raise FileFormatError("manifest lists no variants; re-export the model")
+        if m.default_prompt_name is not None and m.default_prompt_name not in m.prompts:
+            raise FileFormatError(
+                f"manifest default_prompt_name {m.default_prompt_name!r} is not one of its "
+                f"prompts {sorted(m.prompts)}; re-export the model"
+            )
         for key, v in m.variants.items():
             if key != v.precision or key not in PRECISIONS:
                 raise FileFormatError(
