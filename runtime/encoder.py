@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
@@ -35,9 +34,8 @@ from .openvino_runner import (
     cpu_has_bf16,
     openvino_importable,
 )
-from .ort_runner import OrtRunner
 from .planning import plan_batches
-from .providers import cuda_usable
+from .providers import cuda_usable, onnxruntime, onnxruntime_installed
 
 log = logging.getLogger("bertrec.runtime")
 
@@ -71,9 +69,11 @@ def _note_cuda_fallback_once() -> None:
     """device='auto' on a machine whose ONNX Runtime lists CUDA but cannot start it: worth a
     debug line, not a warning (CUDA was not asked for)."""
     global _noted_no_cuda
-    if not _noted_no_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+    if _noted_no_cuda or not onnxruntime_installed():
+        return
+    if "CUDAExecutionProvider" in onnxruntime().get_available_providers():
         log.debug("CUDAExecutionProvider is installed but not usable here; using the CPU")
-        _noted_no_cuda = True
+    _noted_no_cuda = True
 
 
 def bf16_check(manifest: Manifest) -> dict[str, Any] | None:
@@ -210,7 +210,7 @@ class Encoder:
             backend, device, precision, self.manifest
         )
         log.info("bertrec backend: %s (%s)", self.backend, self.backend_reason)
-        self._runner: OrtRunner | OpenVinoRunner
+        self._runner: Any
         if self.backend == "openvino":
             self._runner = OpenVinoRunner(
                 self.model_dir, self.manifest, precision, self.threads, verify
@@ -218,6 +218,9 @@ class Encoder:
         else:
             if precision == "bf16":
                 raise ConfigError("precision='bf16' runs on backend='openvino' only")
+            onnxruntime()  # one clear line when no ONNX Runtime is installed
+            from .ort_runner import OrtRunner
+
             self._runner = OrtRunner(
                 self.model_dir, self.manifest, precision, device, io_binding, self.threads, verify
             )

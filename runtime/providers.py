@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
+from types import ModuleType
 
-import onnxruntime as ort
+from bertrec.errors import ProviderError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -16,6 +18,27 @@ _PROBE_MODEL = (
 )
 
 
+def onnxruntime() -> ModuleType:
+    """The ``onnxruntime`` module, imported on first use (``import bertrec`` stays light and
+    works before an ONNX Runtime is chosen).
+
+    Raises:
+        ProviderError: no ONNX Runtime is installed.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ProviderError(
+            "ONNX Runtime is not installed: pip install 'bertrec[cpu]' (CPU only) or "
+            "'bertrec[gpu]' (CUDA and CPU)"
+        ) from exc
+    return ort
+
+
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 @lru_cache(maxsize=1)
 def cuda_usable() -> bool:
     """True when the CUDA provider is compiled in *and* starts (libraries and a GPU present).
@@ -23,6 +46,9 @@ def cuda_usable() -> bool:
     onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU; only
     starting a session tells. The probe runs once per process on a one-node model.
     """
+    if not onnxruntime_installed():
+        return False
+    ort = onnxruntime()
     if CUDA not in ort.get_available_providers():
         return False
     # The failed provider load logs an error at default severity; the caller gets one
