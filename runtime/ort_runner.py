@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
-from .manifest import Manifest, check_against_model, verify_variant
+from .manifest import PRECISIONS, Manifest, check_against_model, verify_variant
 from .providers import CPU, CUDA, cuda_usable
 
 
@@ -20,6 +20,11 @@ def pick_variant(manifest: Manifest, model_dir: Path, precision: str, preferred:
     variants = manifest.variants
     if precision == "auto":
         return preferred if preferred in variants else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)} "
+            "(or bf16 on the OpenVINO backend)"
+        )
     if precision not in variants:
         raise ConfigError(
             f"precision {precision!r} is not in {str(model_dir)!r} (it has "

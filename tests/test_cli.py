@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import bertrec
 from bertrec.cli import main
 from bertrec.runtime.manifest import read_manifest
 
@@ -102,3 +104,87 @@ def test_check_records_bf16_fidelity_or_says_why_not(
     assert main(["check", str(d)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bf16 instructions" in err
+
+
+def _cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess; ``code`` runs first (e.g. to hide an installed module)."""
+    script = f"import sys\n{code}\nfrom bertrec.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([PY, "-c", script, *args], capture_output=True, text=True)
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def test_version_and_help_show_defaults() -> None:
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"bertrec {bertrec.__version__}"
+    r = _cli("encode", "--help")
+    assert r.returncode == 0
+    assert "(default: auto)" in r.stdout and "(default: 4096)" in r.stdout
+    assert "--progress" in r.stdout and "--no-progress" in r.stdout
+
+
+def test_verbose_goes_before_or_after_the_command(tiny_model_dir: Path) -> None:
+    for args in (["-v", "info", str(tiny_model_dir)], ["info", str(tiny_model_dir), "-v"]):
+        assert _cli(*args).returncode == 0
+
+
+def test_unknown_precision_names_the_choices(tiny_model_dir: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"id": 1, "text": "a"}\n')
+    err = _one_line(
+        _cli(
+            "encode",
+            str(texts),
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_model_dir),
+            "--precision",
+            "int4",
+        )
+    )
+    assert "unknown precision 'int4'; choose from auto, fp32, int8, fp16" in err
+    assert "bertrec quantize" not in err
+
+
+def test_a_missing_extra_is_named(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    hide = "sys.modules['torch'] = None"
+    err = _one_line(_cli("export", str(tiny_bert_dir), str(tmp_path / "m"), code=hide))
+    assert "pip install 'bertrec[export]'" in err
+
+
+def test_info_verify_checks_every_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    d = Path(shutil.copytree(tiny_model_dir, tmp_path / "m"))
+    r = _cli("info", str(d), "--verify")
+    assert r.returncode == 0 and "sha256 ok" in r.stdout
+    f = d / "model.fp32.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert "modified or truncated" in _one_line(_cli("info", str(d), "--verify"))
+    assert _cli("info", str(d)).returncode == 0  # without --verify: the manifest only
+
+
+def test_an_empty_input_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = _cli("encode", str(empty), str(tmp_path / "o"), "--model", str(tiny_model_dir))
+    assert r.returncode == 0, r.stderr
+    assert "has no rows" in r.stderr
+
+
+def test_demo_plot_draws_the_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from bertrec import ItemCatalog, Recommender
+    from examples.movielens.demo import plot_catalog
+
+    rng = np.random.default_rng(0)
+    rec = Recommender.from_catalog(ItemCatalog(rng.standard_normal((50, 8)), list(range(50))))
+    out = plot_catalog(rec, [1, 2, 3], [4, 5], {5}, tmp_path / "p.png", user=7)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bertrec.core import cache_dir, check_int
-from bertrec.errors import BertrecError
+from bertrec.errors import BertrecError, ProviderError
 from bertrec.recommend import ItemCatalog, Recommender
 from bertrec.runtime.encoder import Encoder
 
@@ -94,6 +94,7 @@ def run_demo(
     data_dir: str | os.PathLike[str] | None = None,
     model_dir: str | os.PathLike[str] | None = None,
     users: int = 3,
+    plot: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the demo and print what it does; returns the exit status (0).
 
@@ -101,6 +102,8 @@ def run_demo(
         data_dir: MovieLens ml-latest-small folder (default: ``$BERTREC_MOVIELENS``).
         model_dir: an exported model directory (default: the cached MiniLM export).
         users: users whose history and recommendations are shown.
+        plot: a PNG path: draw the catalog in 2-D with the first user's history and
+            recommendations marked (needs matplotlib: pip install 'bertrec[plot]').
 
     Raises:
         ConfigError: ``users`` is not a positive int, or no data folder is given.
@@ -135,11 +138,13 @@ def run_demo(
         print(f"  {rec!r}")
 
     titles = dict(zip(data.item_ids, data.titles, strict=True))
+    shown: list[tuple[UserSplit, list[int], list[int]]] = []
     with stage("recommend"):
         for s in _pick_users(splits, users):
             liked, seen = user_history(s)
             ratings = dict(zip(s.history, s.history_ratings, strict=True))
             top = rec.recommend(liked, k=10, exclude=seen)
+            shown.append((s, liked, [m for m, _ in top]))
             held_out = set(s.test)
             print(f"\n  user {s.user}: {len(s.history)} rated, {len(liked)} liked; latest liked:")
             for m in liked[-5:]:
@@ -148,6 +153,12 @@ def run_demo(
             for rank, (m, score) in enumerate(top, 1):
                 mark = "*" if m in held_out else " "
                 print(f"    {rank:2d}. {mark} {score:.3f}  {titles[m]}")
+
+    if plot is not None and shown:
+        with stage("plot"):
+            user, liked, top_ids = shown[0]
+            path = plot_catalog(rec, liked[-20:], top_ids, set(user.test), plot, user.user)
+            print(f"  the catalog in 2-D, user {user.user} marked: {path}")
 
     with stage("evaluate"):
         pop = evaluate(rec, splits, rec.vectors, data.item_ids, history="none")
@@ -166,3 +177,48 @@ def run_demo(
     print("\n  stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.times.items()))
     print(f"  total {total:.1f} s")
     return 0
+
+
+def plot_catalog(
+    rec: Recommender,
+    history: list[int],
+    recommended: list[int],
+    held_out: set[int],
+    path: str | os.PathLike[str],
+    user: int,
+) -> Path:
+    """The catalog's vectors projected on their two principal components (PCA by SVD, no
+    new dependency), with a user's latest history and recommendations marked: items near
+    the history are what the content score favours."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ProviderError("--plot needs matplotlib: pip install 'bertrec[plot]'") from exc
+    vectors = np.asarray(rec.vectors, dtype=np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    # The top two right singular vectors of the centred catalog span its widest plane.
+    _, _, vt = np.linalg.svd(centred[:: max(1, len(centred) // 5000)], full_matrices=False)
+    xy = centred @ vt[:2].T
+    rows = {m: i for i, m in enumerate(rec.item_ids.tolist())}
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, c="#c8c8c8", label=f"catalog ({len(xy):,} items)")
+    h = [rows[m] for m in history]
+    ax.scatter(xy[h, 0], xy[h, 1], s=40, c="#1f77b4", label="latest liked (history)")
+    hits = [rows[m] for m in recommended if m in held_out]
+    misses = [rows[m] for m in recommended if m not in held_out]
+    ax.scatter(xy[misses, 0], xy[misses, 1], s=60, c="#d62728", marker="^", label="top-10")
+    ax.scatter(
+        xy[hits, 0], xy[hits, 1], s=160, c="#ff7f0e", marker="*", label="top-10, liked later"
+    )
+    ax.set_title(f"MovieLens catalog, PCA of the item vectors: user {user}")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.legend(loc="best", fontsize=8)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
