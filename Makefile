@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray]'
+	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray,langchain,llamaindex,plot]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
