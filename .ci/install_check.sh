@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, "tests")
-from conftest import build_tiny_checkpoint
+from tinymodel import build_tiny_checkpoint
 
 from bertrec.export import export_model
 

@@ -3,12 +3,15 @@ directory and argument checks. Written once here; look here before writing a hel
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -113,7 +116,8 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def temp_dir_beside(target: str | os.PathLike[str]) -> Path:
     """A new empty directory beside ``target`` to build it in, named
     ``.NAME.tmp-PID-XXXX`` (so ``remove_stale_temps`` can tell a dead writer's), with
-    umask-respecting permissions (mkdtemp alone gives 0700).
+    umask-respecting permissions (mkdtemp alone gives 0700). The leftovers of writers of
+    ``target`` that were killed are removed first.
 
     Raises:
         OutputError: the parent cannot be created or written.
@@ -139,55 +143,143 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove_path(path: Path) -> bool:
+    """Delete a file or tree; False when (some of) it could not be removed."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
 def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
     """Delete the ``temp_dir_beside``/``replace_dir`` leftovers of ``target`` whose writing
-    process is gone (killed mid-write). Returns what was removed."""
+    process is gone (killed mid-write). Returns what was removed.
+
+    One case is repaired rather than removed: a writer killed between the two renames of
+    ``replace_dir``'s fallback leaves ``target`` missing and the old version set aside;
+    that old version is put back.
+    """
     out = Path(target)
     removed: list[Path] = []
-    if not out.parent.is_dir():
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
         return removed
-    for prefix in (f".{out.name}.tmp-", f".{out.name}.old-"):
-        for p in out.parent.glob(f"{prefix}*"):
-            pid = p.name[len(prefix) :].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-                removed.append(p)
+    stale: dict[str, list[Path]] = {"tmp": [], "old": []}
+    for p in entries:
+        for kind, items in stale.items():
+            prefix = f".{out.name}.{kind}-"
+            if p.name.startswith(prefix):
+                pid = p.name[len(prefix) :].split("-", 1)[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    items.append(p)
+    if stale["old"] and not os.path.lexists(out):
+        try:
+            newest = max(stale["old"], key=lambda p: p.lstat().st_mtime)
+            os.replace(newest, out)
+            fsync_dir(out.parent)
+            stale["old"].remove(newest)
+        except OSError:
+            pass  # left as it is; the next writer of target publishes over it
+    for p in stale["tmp"] + stale["old"]:
+        if _remove_path(p):  # False: not ours to remove (permissions), left as it is
+            removed.append(p)
     return removed
 
 
-def replace_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Move the finished directory ``tmp`` to ``target``.
+# renameat2(2) swaps two existing paths in one step with this flag (linux/fs.h).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
-    Every file in ``tmp`` is fsynced first. An existing ``target`` is set aside, the new
-    one renamed in, and the old one removed; if the second rename fails the old one is put
-    back, so ``target`` is the complete old or the complete new directory.
+
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    """libc's ``renameat2``, or None where there is none (not Linux, glibc before 2.28)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False, having changed nothing, where the OS, C
+    library, kernel or filesystem cannot.
+
+    Raises:
+        OSError: the swap was possible but failed (permissions, ...).
+    """
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # old kernel, or a filesystem without RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def _replace_by_renames(src: Path, out: Path) -> Path:
+    """Set ``out`` aside, rename ``src`` in, put ``out`` back if that fails; the set-aside
+    name. A crash between the renames leaves ``out`` missing until ``remove_stale_temps``
+    puts the old version back."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+    os.replace(out, old)
+    try:
+        os.replace(src, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    return old
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_file(os.path.join(folder, name))
+        fsync_dir(folder)
+
+
+def replace_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Publish the finished directory ``tmp`` as ``target`` in one atomic step.
+
+    Every file and folder in ``tmp`` is fsynced first. A missing ``target`` is a plain
+    rename. An existing one is swapped with ``tmp`` by one ``renameat2(RENAME_EXCHANGE)``
+    on Linux, so ``target`` is never absent, and the old tree, now at ``tmp``'s name, is
+    deleted (by ``remove_stale_temps`` on the next write if this process dies first).
+    Where the swap is not available (another OS, an old kernel, a filesystem without it)
+    the old directory is set aside, the new one renamed in, and the old one put back if
+    that fails. Either way ``target`` is the complete old or the complete new directory.
 
     Raises:
         OutputError: a rename failed (the old directory is back in place).
     """
     src, out = Path(tmp), Path(target)
     try:
-        for f in src.rglob("*"):
-            if f.is_file():
-                _fsync_file(f)
-        fsync_dir(src)
-        if not out.exists():
+        _fsync_tree(src)
+        if not os.path.lexists(out):
             os.replace(src, out)
+            old = None
+        elif _exchange_paths(src, out):
+            old = src
         else:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
-            os.replace(out, old)
-            try:
-                os.replace(src, out)
-            except OSError:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
+            old = _replace_by_renames(src, out)
         fsync_dir(out.parent)
     except OSError as exc:
         raise output_error(out, exc, "replace") from exc
+    if old is not None:
+        # Published already; what cannot be removed now, remove_stale_temps removes once
+        # this process is gone.
+        _remove_path(old)
     return out
 
 

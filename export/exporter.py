@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterable, Sequence
@@ -20,8 +21,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bertrec.core import replace_dir, sha256_file, temp_dir_beside
+from bertrec.core import (
+    output_error,
+    remove_stale_temps,
+    replace_dir,
+    sha256_file,
+    temp_dir_beside,
+)
 from bertrec.errors import (
+    BertrecError,
     ConfigError,
     FileFormatError,
     OutputError,
@@ -85,6 +93,7 @@ def export_model(
         normalize: L2-normalize in the graph; default from the sentence-transformers
             config, else True (cosine ranking is what bertrec is for).
         max_length: token limit; default from the source, capped at the position limit.
+            At least the tokenizer's special tokens plus one (3 for BERT's [CLS] x [SEP]).
         opset: ONNX opset.
         overwrite: replace an existing ``output_dir``.
         progress: show a progress bar over the export steps.
@@ -96,9 +105,11 @@ def export_model(
 
     Raises:
         NotFoundError, ConfigError, FileFormatError: bad source.
-        ConfigError: bad precision, pooling, max_length or opset.
+        ConfigError: bad precision, pooling or opset; max_length outside the range the
+            tokenizer and the position limit allow (the message names it).
         OutputError: ``output_dir`` exists and ``overwrite`` is False.
-        OutputError: the output location cannot be written.
+        OutputError: the output location cannot be written (permissions, a full disk);
+            nothing is left behind and an existing ``output_dir`` is untouched.
         ValidationFailedError: the fp32 export does not match PyTorch closely enough.
     """
     precisions = parse_precisions(precision)
@@ -109,16 +120,11 @@ def export_model(
     info = resolve_source(source)
     if pooling is None and info.pooling_error:
         raise ConfigError(info.pooling_error)
-    limit = info.position_limit
-    if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise ConfigError(f"max_length must be a positive int, got {max_length!r}")
-        if max_length > limit:
-            raise ConfigError(
-                f"max_length {max_length} exceeds the model's position limit {limit}; "
-                f"pass --max-length {limit} or less"
-            )
     out = Path(output_dir).expanduser().absolute()
+    tokenizer = _load_tokenizer(info)
+    max_length = _check_max_length(max_length, info, tokenizer)
+    # Leftovers of exports of this output that were killed go first, written or not.
+    remove_stale_temps(out)
     if out.exists() and not overwrite:
         raise OutputError(
             f"output directory {str(out)!r} already exists; pass --overwrite (overwrite=True) "
@@ -129,17 +135,26 @@ def export_model(
     try:
         _build(
             info,
+            tokenizer,
             tmp,
             precisions=precisions,
             pooling=pooling or info.pooling or "mean",
             normalize=_pick(normalize, info.normalize, True),
-            max_length=min(max_length or info.max_length or limit, limit),
+            max_length=max_length,
             opset=opset,
             progress=progress,
             validation_texts=validation_texts,
             calibration_texts=calibration_texts,
         )
         replace_dir(tmp, out)
+    except BertrecError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        # Every file of the export is written into tmp, beside out: a full disk or a
+        # permission fault there is a fault of the output location.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(out, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -153,28 +168,93 @@ def _pick(explicit: bool | None, from_source: bool | None, default: bool) -> boo
     return default if from_source is None else from_source
 
 
-def _load_model(info: SourceInfo) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+def _check_max_length(max_length: object, info: SourceInfo, tokenizer: Any) -> int:
+    """The token limit to export with: the caller's, else the source's, capped at the
+    position limit; it must leave room for one token besides the tokenizer's specials.
+
+    Raises:
+        ConfigError: naming the allowed range.
+    """
+    limit = info.position_limit
+    # [CLS] x [SEP] for BERT: a shorter limit makes every text its special tokens only.
+    least = int(tokenizer.num_special_tokens_to_add()) + 1
+    allowed = f"pass --max-length from {least} to {limit}"
+    if max_length is None:
+        chosen = min(info.max_length or limit, limit)
+        if chosen < least:
+            raise ConfigError(
+                f"{info.source!r} sets a max length of {chosen} tokens, less than the {least} "
+                f"its tokenizer needs (its special tokens and one word); {allowed}"
+            )
+        return chosen
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+        raise ConfigError(f"max_length must be a positive int, got {max_length!r}; {allowed}")
+    if max_length > limit:
+        raise ConfigError(
+            f"max_length {max_length} exceeds the model's position limit {limit}; {allowed}"
+        )
+    if max_length < least:
+        raise ConfigError(
+            f"max_length {max_length} leaves no room for text: the tokenizer adds "
+            f"{least - 1} special tokens to every text; {allowed}"
+        )
+    return max_length
+
+
+def _load_failure(info: SourceInfo, exc: Exception) -> FileFormatError:
+    return FileFormatError(
+        f"cannot load the checkpoint in {str(info.hf_dir)!r} ({type(exc).__name__}: "
+        f"{str(exc)[:300]}); the weights or tokenizer files are corrupted or incomplete: "
+        "re-download the model"
+    )
+
+
+def _load_tokenizer(info: SourceInfo) -> Any:
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(info.hf_dir), use_fast=True)
+    except Exception as exc:  # transformers raises many types for bad files
+        raise _load_failure(info, exc) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise FileFormatError(
+            f"{str(info.hf_dir)!r} has no fast (Rust) tokenizer; bertrec needs tokenizer.json"
+        )
+    return tokenizer
+
+
+def _load_model(info: SourceInfo) -> Any:
+    import torch
+    from transformers import AutoModel
+
+    try:
         # Eager attention traces to the MatMul/Softmax pattern ORT's fusions recognise.
         model = AutoModel.from_pretrained(
             str(info.hf_dir), attn_implementation="eager", dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for bad files
-        raise FileFormatError(
-            f"cannot load the checkpoint in {str(info.hf_dir)!r} ({type(exc).__name__}: "
-            f"{str(exc)[:300]}); the weights or tokenizer files are corrupted or incomplete: "
-            "re-download the model"
-        ) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise FileFormatError(
-            f"{str(info.hf_dir)!r} has no fast (Rust) tokenizer; bertrec needs tokenizer.json"
-        )
+        raise _load_failure(info, exc) from exc
     model.eval()
-    return model, tokenizer
+    return model
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """The tokenizer's files into ``folder``.
+
+    Raises:
+        OSError: also for the Rust tokenizer's own write errors, which arrive as a bare
+            ``Exception("... (os error 28)")``.
+    """
+    try:
+        tokenizer.save_pretrained(str(folder))
+    except OSError:
+        raise
+    except Exception as exc:
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(folder / "tokenizer.json")) from exc
 
 
 def _pooled_module(model: Any, pooling: str, normalize: bool, with_types: bool) -> Any:
@@ -238,6 +318,7 @@ def _torch_reference(
 
 def _build(
     info: SourceInfo,
+    tokenizer: Any,
     tmp: Path,
     *,
     precisions: tuple[str, ...],
@@ -267,9 +348,9 @@ def _build(
         log.info("export step: %s", name)
 
     step("load")
-    model, tokenizer = _load_model(info)
+    model = _load_model(info)
     module = _pooled_module(model, pooling, normalize, with_types)
-    tokenizer.save_pretrained(str(tmp))
+    _save_tokenizer(tokenizer, tmp)
     for extra in ("vocab.txt", "merges.txt", "vocab.json", "sentencepiece.bpe.model"):
         (tmp / extra).unlink(missing_ok=True)  # tokenizer.json carries everything the runtime reads
     bar.update()

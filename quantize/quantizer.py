@@ -26,10 +26,17 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
-from bertrec.core import default_mode, sha256_file
+from bertrec.core import (
+    default_mode,
+    output_error,
+    replace_dir,
+    sha256_file,
+    temp_dir_beside,
+)
 from bertrec.errors import ConfigError, InputValueError, ValidationFailedError
 from bertrec.runtime.fidelity import fidelity
 from bertrec.runtime.manifest import (
+    MANIFEST_NAME,
     TOKENIZER_NAME,
     Manifest,
     Variant,
@@ -207,7 +214,10 @@ def add_variant(
 
     fp32_calib = Encoder(root, precision="fp32", device="cpu").encode(texts)
     name = model_filename(precision)
-    tmp = root / f".{name}.tmp"
+    # Built in a folder beside the model directory, never inside it: a killed quantize
+    # leaves nothing that would ship with the model, and the next run clears it.
+    work = temp_dir_beside(root)
+    tmp = work / name
     try:
         if precision == "fp16":
             recipe = _convert_fp16(src, tmp)
@@ -251,11 +261,28 @@ def add_variant(
             validation = {**variant.validation, "vs_pytorch": fidelity(got, reference)}
             variant = Variant(**{**variant.to_dict(), "validation": validation})
         os.chmod(tmp, default_mode())
-        os.replace(tmp, root / name)
+        _publish(root, work, variant)
     finally:
-        tmp.unlink(missing_ok=True)
-    write_manifest(root, read_manifest(root).with_variant(variant))
+        shutil.rmtree(work, ignore_errors=True)
     return variant
+
+
+def _publish(root: Path, work: Path, variant: Variant) -> None:
+    """Make ``work`` (which holds the new variant file) the complete new model directory and
+    swap it in with one atomic rename: a kill leaves the old directory or the new one,
+    never a variant file that the manifest does not list. Unchanged files are hard links,
+    so nothing large is copied."""
+    try:
+        for f in root.iterdir():
+            if f.is_file() and f.name not in (variant.file, MANIFEST_NAME):
+                try:
+                    os.link(f, work / f.name)
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(f, work / f.name)
+    except OSError as exc:
+        raise output_error(work, exc) from exc
+    write_manifest(work, read_manifest(root).with_variant(variant))
+    replace_dir(work, root)
 
 
 def _check(

@@ -29,6 +29,7 @@ from bertrec.jobs.jobdir import (
     write_rejects,
 )
 from bertrec.jobs.readers import (
+    FirstRows,
     check_columns,
     check_input,
     check_key,
@@ -91,7 +92,7 @@ class _EncodeWorker:
         spec = self.spec
         # Opened per shard, not in __init__: Ray may start a spare actor after the last
         # shard, when the staging folder is already gone.
-        with pq.ParquetFile(staged_path(self._output)) as staged:
+        with pq.ParquetFile(staged_path(self._output), page_checksum_verification=True) as staged:
             table = staged.read_row_group(shard)
         rows = table.column("_row").to_pylist()
         keys = table.column("id").to_pylist()
@@ -162,7 +163,11 @@ def encode_dataset(
     ``bertrec.fingerprint``, ``bertrec.precision``, ``bertrec.variant`` and ``bertrec.dim``.
     Rows without a usable text or id go to ``OUTPUT/_rejects/`` with their 0-based row
     number (JSON Lines: line number - 1; CSV: record after the header) and the reason.
-    Rerunning the same call after a crash finishes the missing shards only.
+    Ids are unique in the output: a usable row whose id an earlier written row has is
+    rejected with the reason ``duplicate id X (first at row N)`` (remembering every id
+    costs the driver 100-130 bytes an id while the input is staged). Rerunning the
+    same call after a crash finishes the missing shards only; one job writes OUTPUT at a
+    time, and a second one started meanwhile refuses at once.
 
     Args:
         input: ``.parquet``/``.pq``, ``.csv`` (header row) or ``.jsonl``/``.ndjson`` file.
@@ -190,9 +195,11 @@ def encode_dataset(
         A ``JobResult`` with the row, reject and shard counts.
 
     Raises:
-        ConfigError: unknown column or format, bad argument values.
+        ConfigError: unknown or repeated column, unknown format, bad argument values.
         NotFoundError: the input file or the model directory does not exist.
-        OutputError: OUTPUT is a file, a foreign folder or another job's output.
+        FileFormatError: the input cannot be read (permissions, a corrupted Parquet file).
+        OutputError: OUTPUT is a file, a foreign folder or another job's output; another
+            job is writing it; it cannot be written (permissions, a full disk).
         ModelMismatchError: OUTPUT holds another model's results.
         ProviderError: Ray asked for but not installed.
     """
@@ -245,12 +252,16 @@ def encode_dataset(
 
     def rows() -> Iterator[dict[str, Any]]:
         records = iter_records(in_path, fmt, [id_column, text_column])
+        first = FirstRows()
         for row, (values, reason) in enumerate(records):
             key, text = None, None
             if values is not None:
                 key, reason = check_key(values[id_column], kind, "id")
                 text = values[text_column]
                 reason = reason or text_reason(text)
+                # Only rows that would be written claim their id.
+                if reason is None:
+                    reason = first.duplicate(key, row)
             yield {
                 "_row": row,
                 "id": key,

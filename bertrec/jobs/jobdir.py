@@ -3,10 +3,15 @@ staged input, part and reject files written whole or not at all, and ``_SUCCESS`
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import math
+import os
 import shutil
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,8 @@ import pyarrow.parquet as pq
 from bertrec.core import atomic_write, atomic_write_bytes, json_bytes, output_error, sha256_file
 from bertrec.errors import ModelMismatchError, OutputError
 
+log = logging.getLogger("bertrec.jobs")
+
 FORMAT_VERSION = 1
 JOB_NAME = "_job.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -24,12 +31,15 @@ STAGING_DIR = "_staging"
 STAGED_NAME = "input.parquet"
 # Leading underscore: Arrow and Spark skip it, so pq.read_table(OUTPUT) reads the parts only.
 REJECTS_DIR = "_rejects"
+# Held (flock) by the job writing OUTPUT, removed when it ends.
+LOCK_NAME = "_lock"
 
-# Rows per shard. A shard is the unit of retry and of resume: at ~400 texts/s for a
-# one-CPU MiniLM worker (bench/ray_overhead.py) 4,096 rows is ~10 s of work, long enough
-# to hide Ray's per-task cost (milliseconds) and short enough that a crash loses little.
+# Rows per shard. A shard is the unit of retry and of resume: seconds of work for a
+# one-CPU MiniLM worker (bench/ray_overhead.py measures its rate), long enough to hide
+# Ray's per-task cost (milliseconds) and short enough that a crash loses little.
 DEFAULT_SHARD_ROWS = 4096
-# Parquet settings are fixed so that the same rows always give the same bytes.
+# Parquet settings are fixed so that the same rows always give the same bytes; page
+# checksums let a reader catch silent corruption of a staged file or a part.
 COMPRESSION = "zstd"
 
 
@@ -100,7 +110,9 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     rows = max(1, table.num_rows)
     atomic_write(
         path,
-        lambda tmp: pq.write_table(table, tmp, row_group_size=rows, compression=COMPRESSION),
+        lambda tmp: pq.write_table(
+            table, tmp, row_group_size=rows, compression=COMPRESSION, write_page_checksum=True
+        ),
     )
 
 
@@ -163,7 +175,9 @@ class _StagingWriter:
         self.shard_rows = shard_rows
         self.rows = 0
         self._buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
-        self._writer = pq.ParquetWriter(path, schema, compression=COMPRESSION)
+        self._writer = pq.ParquetWriter(
+            path, schema, compression=COMPRESSION, write_page_checksum=True
+        )
 
     def add(self, row: dict[str, Any]) -> None:
         for name, column in self._buffer.items():
@@ -225,40 +239,127 @@ def stage_input(
 # -- start and finish -----------------------------------------------------------------------
 
 
-def prepare_output(output: Path, record: dict[str, Any]) -> bool:
-    """Create OUTPUT or check it holds this same job; True when ``_SUCCESS`` is there.
+def check_output(output: Path, record: dict[str, Any]) -> bool:
+    """Check, without writing anything, that OUTPUT is new or holds this same job; True when
+    that job is finished (``_SUCCESS`` is there).
 
     Raises:
-        OutputError: OUTPUT is a file, a foreign non-empty directory, another job's output,
-            or cannot be created.
+        OutputError: OUTPUT is a file, a foreign non-empty directory or another job's output.
         ModelMismatchError: OUTPUT holds another model's results.
     """
     job_path = output / JOB_NAME
     if output.exists() and not output.is_dir():
         raise OutputError(f"output {str(output)!r} exists and is a file; choose a directory")
-    if output.is_dir():
-        if job_path.is_file():
-            try:
-                old = json.loads(job_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise OutputError(
-                    f"{str(job_path)!r} cannot be read ({exc}); delete {str(output)!r} to "
-                    "start over"
-                ) from exc
-            _check_same_job(output, old, record)
-            return (output / SUCCESS_NAME).is_file()
-        if any(output.iterdir()):
+    if not output.is_dir():
+        return False
+    if job_path.is_file():
+        try:
+            old = json.loads(job_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise OutputError(
-                f"output {str(output)!r} is a non-empty directory that no bertrec batch job "
-                f"wrote (it has no {JOB_NAME}); choose a new OUTPUT or empty it"
-            )
+                f"{str(job_path)!r} cannot be read ({exc}); delete {str(output)!r} to start over"
+            ) from exc
+        _check_same_job(output, old, record)
+        return (output / SUCCESS_NAME).is_file()
+    # A lock file alone is what a job killed before writing _job.json leaves.
+    if any(p.name != LOCK_NAME for p in output.iterdir()):
+        raise OutputError(
+            f"output {str(output)!r} is a non-empty directory that no bertrec batch job "
+            f"wrote (it has no {JOB_NAME}); choose a new OUTPUT or empty it"
+        )
+    return False
+
+
+def prepare_output(output: Path, record: dict[str, Any]) -> bool:
+    """Create OUTPUT or check it holds this same job; True when ``_SUCCESS`` is there.
+
+    Called with OUTPUT locked (``lock_output``).
+
+    Raises:
+        OutputError: as ``check_output``, or OUTPUT cannot be created.
+        ModelMismatchError: OUTPUT holds another model's results.
+    """
+    if check_output(output, record):
+        return True
     try:
-        (output / REJECTS_DIR).mkdir(parents=True, exist_ok=True)
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(output, exc, "create") from exc
+    job_path = output / JOB_NAME
+    # _job.json first: a directory of ours is never without it, beyond the lock file.
+    if not job_path.is_file():
+        atomic_write_bytes(job_path, json_bytes(record))
+    try:
+        (output / REJECTS_DIR).mkdir(exist_ok=True)
         (output / STAGING_DIR).mkdir(exist_ok=True)
     except OSError as exc:
         raise output_error(output, exc, "create") from exc
-    atomic_write_bytes(job_path, json_bytes(record))
     return False
+
+
+@contextlib.contextmanager
+def lock_output(output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUTPUT (``flock`` on ``OUTPUT/_lock``) for the block, so
+    that a second job into the same OUTPUT refuses at once instead of racing this one.
+
+    The lock dies with its process (kill -9 included); the file is removed on the way out.
+
+    Raises:
+        OutputError: another process holds the lock, or OUTPUT cannot be created.
+    """
+    if sys.platform == "win32":  # no flock; one writer per OUTPUT is then up to the user
+        yield
+        return
+    import fcntl
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(output, exc, "create") from exc
+    path = output / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise output_error(path, exc, "create") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"output {str(output)!r} is being written by another bertrec job (it holds "
+                f"{str(path)!r}); wait for that job to finish, or choose another OUTPUT"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise output_error(path, exc, "lock") from exc
+            log.warning(
+                "cannot lock %s (%s); make sure no other job writes %s",
+                path,
+                exc.strerror,
+                output,
+            )
+        # The holder before us may have removed the file between our open and our lock:
+        # then we hold a lock on a removed file, and must lock the one at the path now.
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (
+            held.st_dev,
+            held.st_ino,
+        ):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        # Removed while still held, so that no one can lock the removed file after us.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
 
 
 def _check_same_job(output: Path, old: Any, new: dict[str, Any]) -> None:
@@ -285,6 +386,24 @@ def _check_same_job(output: Path, old: Any, new: dict[str, Any]) -> None:
             f"output {str(output)!r} was started by a different job ({'; '.join(diffs)}); "
             "rerun with the same input and settings to resume it, or choose a new OUTPUT"
         )
+
+
+def unstart(output: Path) -> None:
+    """Remove what ``prepare_output`` wrote for a job that failed before its input was
+    staged, so that a rerun (with the input fixed) is a new job and not a different one."""
+    (output / JOB_NAME).unlink(missing_ok=True)
+    for folder in (STAGING_DIR, REJECTS_DIR):
+        shutil.rmtree(output / folder, ignore_errors=True)
+
+
+def tidy_finished(output: Path) -> None:
+    """Remove what a job killed after writing ``_SUCCESS`` left behind (the staging copy, the
+    lock file); nothing is done while another job holds the lock, or where OUTPUT cannot be
+    written."""
+    if not ((output / STAGING_DIR).exists() or (output / LOCK_NAME).exists()):
+        return
+    with contextlib.suppress(OSError), lock_output(output):  # OutputError is an OSError
+        shutil.rmtree(output / STAGING_DIR, ignore_errors=True)
 
 
 def remove_temporaries(output: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertrec.errors import ConfigError, NotFoundError
+from bertrec.errors import ConfigError, FileFormatError, NotFoundError
 
 SUFFIX_FORMATS = {
     ".parquet": "parquet",
@@ -51,6 +51,7 @@ def check_input(
     Raises:
         ConfigError: a column name is empty or both are the same; unknown suffix.
         NotFoundError: the file does not exist or is a directory.
+        FileFormatError: the file cannot be read (permissions).
     """
     for col in (first_column, second_column):
         if not isinstance(col, str) or not col:
@@ -63,6 +64,13 @@ def check_input(
         raise NotFoundError(f"input file {str(p)!r} does not exist; check the path")
     if not p.is_file():
         raise NotFoundError(f"input {str(p)!r} is not a file; give the file itself")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise FileFormatError(
+            f"cannot read input file {str(p)!r}: {exc.strerror or exc}; check its permissions"
+        ) from exc
     return p, fmt
 
 
@@ -80,21 +88,61 @@ def missing_columns(wanted: Sequence[str], have: Sequence[str], where: str) -> N
         )
 
 
+def repeated_columns(wanted: Sequence[str], have: Sequence[str], where: str) -> None:
+    """Raise when a wanted column appears more than once among ``have``: which of them a
+    row's value would come from is a guess (Python's CSV reader takes the last).
+
+    Raises:
+        ConfigError: naming the repeated column.
+    """
+    for c in wanted:
+        if list(have).count(c) > 1:
+            raise ConfigError(
+                f"column {c!r} appears {list(have).count(c)} times in the header of {where}; "
+                "rename the copies so that each column name is used once"
+            )
+
+
+def parquet_schema(path: Path) -> pa.Schema:
+    """The Arrow schema of a Parquet input file.
+
+    Raises:
+        FileFormatError: the file is not Parquet, or is truncated or corrupted.
+    """
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _bad_parquet(path, exc) from exc
+
+
+def _bad_parquet(path: Path, exc: BaseException) -> FileFormatError:
+    detail = " ".join(str(exc).split())[:200]  # Arrow's messages span lines; ours is one
+    return FileFormatError(
+        f"input {str(path)!r} is not a readable Parquet file ({type(exc).__name__}: "
+        f"{detail}); it may be truncated or corrupted: write it again"
+    )
+
+
 def check_columns(path: Path, fmt: str, columns: Sequence[str]) -> None:
-    """Fail before any output is written when a column is not in the input.
+    """Fail before any output is written when a column is not in the input, or is there
+    twice.
 
     JSON Lines has no header: its first object stands for the file, since a column missing
     there is almost surely a wrong name rather than a bad row.
 
     Raises:
-        ConfigError: a column is missing.
+        ConfigError: a column is missing or repeated.
+        FileFormatError: a Parquet file that cannot be read.
     """
     if fmt == "parquet":
-        missing_columns(columns, pq.read_schema(path).names, str(path))
+        names = parquet_schema(path).names
+        missing_columns(columns, names, str(path))
+        repeated_columns(columns, names, str(path))
     elif fmt == "csv":
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             header = next(csv.reader(f), [])
         missing_columns(columns, header, str(path))
+        repeated_columns(columns, header, str(path))
     else:
         with open(path, "rb") as f:
             first = next((o for line in f if isinstance(o := _json_or_none(line), dict)), None)
@@ -130,7 +178,7 @@ def check_list_type(path: Path, column: str) -> None:
 
 
 def _column_type(path: Path, column: str) -> pa.DataType:
-    schema = pq.read_schema(path)
+    schema = parquet_schema(path)
     missing_columns([column], schema.names, str(path))
     t = schema.field(column).type
     return t.value_type if pa.types.is_dictionary(t) else t
@@ -147,12 +195,24 @@ def iter_records(path: Path, fmt: str, columns: Sequence[str]) -> Iterator[Recor
 
 
 def _iter_parquet(path: Path, columns: Sequence[str]) -> Iterator[Record]:
-    pf = pq.ParquetFile(path)
-    missing_columns(columns, pf.schema_arrow.names, str(path))
-    for batch in pf.iter_batches(batch_size=65536, columns=list(columns)):
-        values = {c: batch.column(c).to_pylist() for c in columns}
-        for i in range(batch.num_rows):
-            yield {c: values[c][i] for c in columns}, None
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _bad_parquet(path, exc) from exc
+    with pf:
+        missing_columns(columns, pf.schema_arrow.names, str(path))
+        batches = pf.iter_batches(batch_size=65536, columns=list(columns))
+        while True:
+            # Only the reading is guarded: a corrupted page surfaces here, mid-file.
+            try:
+                batch = next(batches, None)
+            except (OSError, pa.ArrowException) as exc:
+                raise _bad_parquet(path, exc) from exc
+            if batch is None:
+                return
+            values = {c: batch.column(c).to_pylist() for c in columns}
+            for i in range(batch.num_rows):
+                yield {c: values[c][i] for c in columns}, None
 
 
 def _iter_csv(path: Path, columns: Sequence[str]) -> Iterator[Record]:
@@ -161,6 +221,7 @@ def _iter_csv(path: Path, columns: Sequence[str]) -> Iterator[Record]:
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         missing_columns(columns, list(reader.fieldnames or []), str(path))
+        repeated_columns(columns, list(reader.fieldnames or []), str(path))
         for row in reader:
             yield {c: row.get(c) for c in columns}, None
 
@@ -244,6 +305,19 @@ def check_key(value: Any, kind: pa.DataType, what: str) -> tuple[Any, str | None
     if not _valid_unicode(value):
         return None, f"{what} is not valid Unicode"
     return value, None
+
+
+class FirstRows:
+    """The row where each id was first written, to reject the rows that repeat it."""
+
+    def __init__(self) -> None:
+        self._rows: dict[Any, int] = {}
+
+    def duplicate(self, key: Any, row: int) -> str | None:
+        """None the first time ``key`` is seen (it is remembered at ``row``), else the
+        reason to reject this row."""
+        first = self._rows.setdefault(key, row)
+        return None if first == row else f"duplicate id {key!r} (first at row {first})"
 
 
 def text_reason(text: Any) -> str | None:

@@ -100,7 +100,7 @@ class _RecommendWorker:
         spec = self.spec
         rec = self.recommender
         # Opened per shard: Ray may start a spare actor after the staging folder is gone.
-        with pq.ParquetFile(staged_path(self._output)) as staged:
+        with pq.ParquetFile(staged_path(self._output), page_checksum_verification=True) as staged:
             table = staged.read_row_group(shard)
         rows = table.column("_row").to_pylist()
         users = table.column("user").to_pylist()
@@ -218,12 +218,14 @@ def recommend_dataset(
         A ``JobResult`` with the user, reject and shard counts.
 
     Raises:
-        ConfigError: unknown column, CSV input, bad argument values.
+        ConfigError: unknown or repeated column, CSV input, bad argument values.
         NotFoundError: the users file or the store does not exist, or the store is not a
             saved Recommender.
-        FileFormatError: the store is malformed.
+        FileFormatError: the store is malformed; the users file cannot be read
+            (permissions, a corrupted Parquet file).
         InputValueError: the store mixes int and str item ids.
-        OutputError: OUTPUT is a file, a foreign folder or another job's output.
+        OutputError: OUTPUT is a file, a foreign folder or another job's output; another
+            job is writing it; it cannot be written (permissions, a full disk).
         ModelMismatchError: OUTPUT holds another model's results.
         ProviderError: Ray asked for but not installed.
     """

@@ -6,8 +6,10 @@ Ray is imported only inside the functions that run on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,16 +22,22 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from bertrec.core import check_int
-from bertrec.errors import ConfigError, ProviderError
+from bertrec.errors import ConfigError, OutputError, ProviderError
 from bertrec.jobs.jobdir import (
+    JOB_NAME,
+    STAGING_DIR,
     JobResult,
+    check_output,
     finish,
+    lock_output,
     pending_shards,
     prepare_output,
     read_success,
     remove_temporaries,
     staged_path,
     staged_rows,
+    tidy_finished,
+    unstart,
 )
 
 log = logging.getLogger("bertrec.jobs")
@@ -122,48 +130,46 @@ def run_job(
         progress: show a progress bar over rows.
         desc: the job's name in logs and the progress bar.
 
+    OUTPUT is locked (``lock_output``) from before it is first written until ``_SUCCESS``
+    is; a finished job's OUTPUT is only read.
+
     Raises:
         OutputError / ModelMismatchError: as ``prepare_output`` and ``finish``.
+        OutputError: another job holds OUTPUT's lock; a part cannot be written (full disk,
+            permissions): the message says how many shards are written.
         ProviderError: Ray asked for but not installed.
         Exception: a shard's own error (the other shards are written; rerun to resume).
     """
     start = time.perf_counter()
-    if prepare_output(output, record):
-        summary = read_success(output)
-        return JobResult(
-            output,
-            summary["rows"],
-            summary["written"],
-            summary["rejected"],
-            summary["shards"],
-            summary["shards"],
-            time.perf_counter() - start,
-            engine.name,
-        )
-    remove_temporaries(output)
-    shards = stage()
-    pending = pending_shards(output, shards)
-    if pending:
-        rows = staged_rows(staged_path(output), pending)
-        log.info("%s: %d of %d shards to run (%d rows)", desc, len(pending), shards, rows)
-        try:
-            if engine.ray_address is None:
-                _run_in_process(make_worker(), pending, rows, progress, desc)
-            else:
-                address = engine.ray_address
-                _run_ray_job(ray_actor, address, engine, pending, rows, output, progress, desc)
-        except BaseException:
-            done = shards - len(pending_shards(output, shards))
-            log.error(
-                "%s stopped with %d of %d shards written to %s; run the same job again to "
-                "finish the rest",
-                desc,
-                done,
-                shards,
-                output,
-            )
-            raise
-    summary = finish(output, record, shards)
+    # A finished job returns at once, without the lock: nothing of it is written again.
+    if check_output(output, record):
+        tidy_finished(output)
+        return _finished(output, engine, start)
+    existed = output.exists()
+    try:
+        with lock_output(output):
+            fresh = not (output / JOB_NAME).is_file()
+            if prepare_output(output, record):  # another run finished it since the check
+                shutil.rmtree(output / STAGING_DIR, ignore_errors=True)
+                return _finished(output, engine, start)
+            remove_temporaries(output)
+            try:
+                shards = stage()
+            except BaseException:
+                if fresh:  # e.g. a corrupted input: leave OUTPUT as it was found
+                    unstart(output)
+                raise
+            pending = pending_shards(output, shards)
+            if pending:
+                _run_pending(
+                    output, ray_actor, make_worker, engine, pending, shards, progress, desc
+                )
+            summary = finish(output, record, shards)
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if nothing is in it
+        raise
     return JobResult(
         output,
         summary["rows"],
@@ -174,6 +180,59 @@ def run_job(
         time.perf_counter() - start,
         engine.name,
     )
+
+
+def _finished(output: Path, engine: Engine, start: float) -> JobResult:
+    summary = read_success(output)
+    return JobResult(
+        output,
+        summary["rows"],
+        summary["written"],
+        summary["rejected"],
+        summary["shards"],
+        summary["shards"],
+        time.perf_counter() - start,
+        engine.name,
+    )
+
+
+def _run_pending(
+    output: Path,
+    ray_actor: Callable[[], RayActor],
+    make_worker: Callable[[], ShardWorker],
+    engine: Engine,
+    pending: Sequence[int],
+    shards: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    rows = staged_rows(staged_path(output), pending)
+    log.info("%s: %d of %d shards to run (%d rows)", desc, len(pending), shards, rows)
+    try:
+        if engine.ray_address is None:
+            _run_in_process(make_worker(), pending, rows, progress, desc)
+        else:
+            address = engine.ray_address
+            _run_ray_job(ray_actor, address, engine, pending, rows, output, progress, desc)
+    except OutputError as exc:
+        # A full disk or a permission fault: one line (the CLI prints only this) that
+        # also says how to go on.
+        done = shards - len(pending_shards(output, shards))
+        raise OutputError(
+            f"{exc}; {desc} stopped with {done} of {shards} shards written, run the same job "
+            "again to finish the rest"
+        ) from exc
+    except BaseException:
+        done = shards - len(pending_shards(output, shards))
+        log.error(
+            "%s stopped with %d of %d shards written to %s; run the same job again to "
+            "finish the rest",
+            desc,
+            done,
+            shards,
+            output,
+        )
+        raise
 
 
 def _run_in_process(

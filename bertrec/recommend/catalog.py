@@ -18,7 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bertrec.core import atomic_write_bytes, json_bytes, replace_dir, temp_dir_beside
+from bertrec.core import (
+    atomic_write_bytes,
+    json_bytes,
+    output_error,
+    replace_dir,
+    temp_dir_beside,
+)
 from bertrec.errors import (
     FileFormatError,
     InputTypeError,
@@ -343,7 +349,7 @@ class ItemCatalog:
                 if self._popularity is not None:
                     np.save(tmp / POPULARITY_NAME, self._popularity)
             except OSError as exc:
-                raise OutputError(f"cannot save to {str(target)!r}: {exc}") from exc
+                raise output_error(target, exc) from exc
             atomic_write_bytes(tmp / IDS_NAME, json.dumps(ids).encode("utf-8"))
             for name, data in (extra or {}).items():
                 atomic_write_bytes(tmp / name, data)

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodel import build_tiny_checkpoint
 
 import bertrec
 from bertrec.export import export_model, parse_precisions, supported_architectures
 from bertrec.runtime.fidelity import fidelity
 from bertrec.runtime.manifest import read_manifest
-
-from conftest import build_tiny_checkpoint
 
 
 def _no_leftovers(parent: Path) -> None:
@@ -232,6 +231,8 @@ def test_unwritable_output(tiny_bert_dir: Path, tmp_path: Path) -> None:
         ({"pooling": "weighted"}, "unknown pooling"),
         ({"max_length": 10_000}, "exceeds the model's position limit 130"),
         ({"max_length": 0}, "positive int"),
+        ({"max_length": 1}, "leaves no room for text.*from 3 to 130"),
+        ({"max_length": 2}, "adds 2 special tokens.*from 3 to 130"),
         ({"opset": 3}, "opset"),
     ],
 )
@@ -242,6 +243,28 @@ def test_bad_options(
         export_model(tiny_bert_dir, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
+
+
+def test_shortest_max_length_exports_a_model_that_takes_long_texts(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # [CLS] + one token + [SEP]: the least that still encodes some text.
+    out = export_model(tiny_bert_dir, tmp_path / "m", precision="fp32", max_length=3)
+    assert read_manifest(out).max_length == 3
+    vectors = bertrec.Encoder(out).encode(["a long text " * 200, "x"])
+    assert np.isfinite(vectors).all() and vectors.shape[0] == 2
+
+
+def test_cli_export_max_length_too_small(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bertrec.cli import main
+
+    code = main(["export", str(tiny_bert_dir), str(tmp_path / "m"), "--max-length", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "from 3 to 130" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_parse_precisions() -> None:
