@@ -398,6 +398,9 @@ def _build(
         pad_token_id=int(tokenizer.pad_token_id or 0),
         opset=opset,
         variants={},
+        position_limit=info.position_limit,
+        prompts=info.prompts,
+        default_prompt_name=info.default_prompt_name,
         versions={
             "bertrec": bertrec.__version__,
             "torch": torch.__version__,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class SourceInfo:
     max_length: int | None
     # Why the source's own pooling cannot be used (raised unless pooling is given).
     pooling_error: str | None = None
+    # sentence-transformers prompts (config_sentence_transformers.json): name -> text.
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
     @property
     def position_limit(self) -> int:
@@ -171,9 +174,44 @@ def resolve_source(source: str | os.PathLike[str]) -> SourceInfo:
             f"architecture {model_type!r} of {str(source)!r} is not supported; bertrec exports "
             f"the BERT family: {', '.join(supported_architectures())}"
         )
+    prompts, default_prompt = _st_prompts(root / "config_sentence_transformers.json")
     return SourceInfo(
-        str(source), hf_dir, model_type, config, pooling, normalize, max_length, pooling_error
+        str(source),
+        hf_dir,
+        model_type,
+        config,
+        pooling,
+        normalize,
+        max_length,
+        pooling_error,
+        prompts,
+        default_prompt,
     )
+
+
+def _st_prompts(path: Path) -> tuple[dict[str, str], str | None]:
+    """The prompts a sentence-transformers checkpoint defines, and its default prompt name.
+
+    Raises:
+        FileFormatError: the file is not JSON, or its prompts are not strings by name.
+    """
+    if not path.is_file():
+        return {}, None
+    cfg = _read_json(path)
+    prompts = cfg.get("prompts") if isinstance(cfg, dict) else None
+    default = cfg.get("default_prompt_name") if isinstance(cfg, dict) else None
+    if prompts is None:
+        prompts = {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise FileFormatError(f"{str(path)!r} has prompts that are not name -> text strings")
+    if default is not None and default not in prompts:
+        raise FileFormatError(
+            f"{str(path)!r} names default_prompt_name {default!r}, which is not among its "
+            f"prompts {sorted(prompts)}"
+        )
+    return dict(prompts), default
 
 
 def _download(repo_id: str) -> Path:

@@ -292,3 +292,34 @@ def test_minilm_fp32_matches_sentence_transformers(
     assert figures["n"] >= 1000
     assert figures["min_cos"] >= 0.99999, figures
     assert read_manifest(minilm_model_dir).variants["fp32"].validation["min_cos"] >= 0.99999
+
+
+@pytest.mark.slow
+def test_prompts_carried_and_equal_to_sentence_transformers(
+    minilm_source: Path, tmp_path: Path
+) -> None:
+    """A sentence-transformers checkpoint's prompts reach the manifest, and encode_query /
+    encode_document give sentence-transformers' own vectors with those prompts."""
+    import json
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    src = Path(shutil.copytree(minilm_source, tmp_path / "st"))
+    prompts = {"query": "query: ", "passage": "passage: "}
+    cfg = json.loads((src / "config_sentence_transformers.json").read_text())
+    cfg.update({"prompts": prompts, "default_prompt_name": None})
+    (src / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    out = export_model(src, tmp_path / "m", precision="fp32")
+    assert bertrec.read_manifest(out).prompts == prompts
+    enc = bertrec.Encoder(out, precision="fp32", backend="onnxruntime")
+    st = SentenceTransformer(str(src), device="cpu")
+    texts = ["thrillers set in cold cities", "a cookbook of soups", ""]
+    for ours, name in ((enc.encode_query(texts), "query"), (enc.encode_document(texts), "passage")):
+        ref = st.encode(texts, prompt_name=name, normalize_embeddings=True)
+        assert float(np.min(np.sum(ours * ref, axis=1))) >= 0.99999
+    plain = st.encode(texts, normalize_embeddings=True)
+    assert float(np.min(np.sum(enc.encode(texts) * plain, axis=1))) >= 0.99999
+    # Matryoshka-style truncation, as sentence-transformers' truncate_dim.
+    cut = SentenceTransformer(str(src), device="cpu", truncate_dim=64).encode(texts)
+    np.testing.assert_allclose(enc.encode(texts, truncate_dim=64), cut, atol=1e-5)
