@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bertrec import __version__
 from bertrec.errors import BertrecError, ProviderError
@@ -153,14 +154,26 @@ def _device(name: str) -> str:
 def _encode_job(args: argparse.Namespace) -> int:
     from bertrec.jobs import encode_dataset
 
+    id_column = args.id_column
+    if id_column is None:
+        from bertrec.jobs.readers import input_columns, input_format
+
+        path = Path(args.input)
+        found = path.is_file() and "id" in input_columns(path, input_format(path))
+        id_column = "id" if found else None
+        if not found and path.is_file():
+            print(
+                f"bertrec: {args.input!r} has no 'id' column; numbering the rows", file=sys.stderr
+            )
     result = encode_dataset(
         args.input,
         args.output,
         args.model,
         text_column=args.text_column,
-        id_column=args.id_column,
+        id_column=id_column,
         precision=args.precision,
         device=_device(args.device),
+        backend=args.backend,
         ray_address=args.ray,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
@@ -264,7 +277,12 @@ def _add_batch_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     b.add_argument("output", help="output folder: part-NNNNN.parquet, _rejects/, _SUCCESS")
     b.add_argument("--model", required=True, help="bertrec model directory")
     b.add_argument("--text-column", default="text", help="column with the texts")
-    b.add_argument("--id-column", default="id", help="column with each row's id")
+    b.add_argument(
+        "--id-column",
+        default=None,
+        help="column with each row's id (default: 'id' when the input has it, else the row "
+        "numbers)",
+    )
     b.add_argument(
         "--precision", default="auto", help="fp32, int8, fp16, bf16 or auto (see bertrec info)"
     )
@@ -273,6 +291,12 @@ def _add_batch_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="auto: CUDA when it works here, else the CPU (resolved once for every worker)",
+    )
+    b.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "openvino"),
+        default="auto",
+        help="the Encoder's backend (see bertrec info for the recorded bf16 check)",
     )
     _add_batch_options(b)
     b.set_defaults(func=_encode_job)

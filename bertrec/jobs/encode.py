@@ -34,6 +34,7 @@ from bertrec.jobs.readers import (
     check_input,
     check_key,
     check_text_type,
+    csv_key,
     iter_records,
     key_type,
     text_reason,
@@ -145,9 +146,10 @@ def encode_dataset(
     output: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
     text_column: str = "text",
-    id_column: str = "id",
+    id_column: str | None = "id",
     precision: str = "auto",
     device: str = "cpu",
+    backend: str = "auto",
     ray_address: str | None = None,
     workers: int | None = None,
     cpus_per_worker: int = 1,
@@ -158,9 +160,10 @@ def encode_dataset(
 ) -> JobResult:
     """Encode the text column of a Parquet, CSV or JSON Lines file into Parquet parts.
 
-    Each part holds the id column (int64 or string, as in the input; CSV ids are strings)
-    and ``embedding`` (``fixed_size_list<float32>[dim]``); the file metadata carries
-    ``bertrec.fingerprint``, ``bertrec.precision``, ``bertrec.variant`` and ``bertrec.dim``.
+    Each part holds the id column (int64 or string, as in the input; CSV ids are int64 when
+    every one is a decimal integer) and ``embedding`` (``fixed_size_list<float32>[dim]``);
+    the file metadata carries ``bertrec.fingerprint``, ``bertrec.precision``,
+    ``bertrec.variant`` and ``bertrec.dim``.
     Rows without a usable text or id go to ``OUTPUT/_rejects/`` with their 0-based row
     number (JSON Lines: line number - 1; CSV: record after the header) and the reason.
     Ids are unique in the output: a usable row whose id an earlier written row has is
@@ -174,9 +177,11 @@ def encode_dataset(
         output: directory to create (or the same job's directory, to resume it).
         model_dir: a bertrec model directory.
         text_column: column with the texts.
-        id_column: column with each row's id, copied to the output.
+        id_column: column with each row's id, copied to the output; None numbers the rows
+            instead (0-based, int64, in a column named ``id``).
         precision: model variant (``auto`` is resolved once, here, for every worker).
         device: ``cpu`` or ``cuda`` (each Ray worker then takes one GPU).
+        backend: ``auto``, ``onnxruntime`` or ``openvino`` (resolved once, here).
         ray_address: None runs in this process; ``"local"`` uses the running Ray, or
             ``RAY_ADDRESS``, or starts one on this machine; else a Ray address
             (``"auto"``, ``"ray://head:10001"``). INPUT, OUTPUT and the model directory
@@ -203,19 +208,24 @@ def encode_dataset(
         ModelMismatchError: OUTPUT holds another model's results.
         ProviderError: Ray asked for but not installed.
     """
-    in_path, fmt = check_input(input, text_column, id_column)
+    numbered = id_column is None
+    out_id = "id" if id_column is None else id_column
+    in_path, fmt = check_input(input, text_column, out_id if not numbered else "_row")
     check_int(shard_rows, "shard_rows")
     check_choice(device, "device", BATCH_DEVICES)
     engine = check_engine(ray_address, workers, cpus_per_worker)
-    if id_column == "embedding":
+    if out_id == "embedding":
         raise ConfigError("id_column cannot be 'embedding': the output names its vectors that")
     out = Path(output)
     # Opening the Encoder here resolves precision/backend once for all workers and fails
     # fast on a bad model directory, before any cluster work starts.
-    encoder = Encoder(model_dir, precision=precision, device=device, threads=threads)
+    encoder = Encoder(
+        model_dir, precision=precision, device=device, backend=backend, threads=threads
+    )
     engine = replace(engine, gpus_per_worker=1.0 if encoder.device == "cuda" else 0.0)
-    check_columns(in_path, fmt, [id_column, text_column])
-    kind = key_type(in_path, fmt, id_column)
+    read = [text_column] if numbered else [out_id, text_column]
+    check_columns(in_path, fmt, read)
+    kind = pa.int64() if numbered else key_type(in_path, fmt, out_id)
     if fmt == "parquet":
         check_text_type(in_path, text_column)
     record = {
@@ -235,7 +245,7 @@ def encode_dataset(
     }
     spec = _EncodeSpec(
         output=str(out.resolve()),
-        id_column=id_column,
+        id_column=out_id,
         id_type=key_type_name(kind),
         model_dir=str(Path(model_dir).resolve()),
         precision=encoder.precision,
@@ -251,12 +261,15 @@ def encode_dataset(
     )
 
     def rows() -> Iterator[dict[str, Any]]:
-        records = iter_records(in_path, fmt, [id_column, text_column])
+        records = iter_records(in_path, fmt, read)
         first = FirstRows()
         for row, (values, reason) in enumerate(records):
             key, text = None, None
             if values is not None:
-                key, reason = check_key(values[id_column], kind, "id")
+                raw = row if numbered else values[out_id]
+                if fmt == "csv":
+                    raw = csv_key(raw, kind)
+                key, reason = check_key(raw, kind, "id")
                 text = values[text_column]
                 reason = reason or text_reason(text)
                 # Only rows that would be written claim their id.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,18 @@ def check_columns(path: Path, fmt: str, columns: Sequence[str]) -> None:
             missing_columns(columns, list(first), f"the first record of {str(path)!r}")
 
 
+def input_columns(path: Path, fmt: str) -> list[str]:
+    """The input's column names (JSON Lines: the first record's keys)."""
+    if fmt == "parquet":
+        return list(parquet_schema(path).names)
+    if fmt == "csv":
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            return list(next(csv.reader(f), []))
+    with open(path, "rb") as f:
+        first = next((o for line in f if isinstance(o := _json_or_none(line), dict)), None)
+    return list(first or {})
+
+
 def check_text_type(path: Path, column: str) -> None:
     """Refuse a Parquet text column that does not hold strings.
 
@@ -259,14 +272,15 @@ def _json_or_none(line: bytes) -> Any:
 def key_type(path: Path, fmt: str, column: str) -> pa.DataType:
     """The Arrow type of an id column: int64 or string, fixed for the whole file.
 
-    CSV has no types, so its ids stay strings. JSON Lines takes the type of the first
-    usable id; Parquet the column's type.
+    CSV has no types: its ids are int64 when every non-empty one is a decimal integer that
+    fits in 64 bits (as JSON Lines and Parquet integer ids are), else strings. JSON Lines
+    takes the type of the first usable id; Parquet the column's type.
 
     Raises:
         ConfigError: a Parquet id column is neither integers nor strings.
     """
     if fmt == "csv":
-        return pa.string()
+        return pa.int64() if _csv_ints(path, column) else pa.string()
     if fmt == "parquet":
         t = _column_type(path, column)
         if pa.types.is_integer(t):
@@ -285,6 +299,29 @@ def key_type(path: Path, fmt: str, column: str) -> pa.DataType:
             if isinstance(v, int) and not isinstance(v, bool):
                 return pa.int64()
     return pa.string()
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _csv_ints(path: Path, column: str) -> bool:
+    seen = False
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        for row in csv.DictReader(f):
+            value = (row.get(column) or "").strip()
+            if not value:
+                continue
+            if not _INT.fullmatch(value) or not INT64_MIN <= int(value) <= INT64_MAX:
+                return False
+            seen = True
+    return seen
+
+
+def csv_key(value: Any, kind: pa.DataType) -> Any:
+    """A CSV id as the column's type: an int for an int64 id column (see ``key_type``)."""
+    if kind == pa.int64() and isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
+    return value
 
 
 def check_key(value: Any, kind: pa.DataType, what: str) -> tuple[Any, str | None]:

@@ -101,7 +101,7 @@ def test_formats_match_the_encoder(
     assert (result.rows, result.written, result.rejected, result.shards) == (600, 600, 0, 5)
     ids, vectors = read_output(tmp_path / "out")
     # CSV has no types: its ids come back as strings.
-    assert ids == [str(i) if suffix == ".csv" else i for i in range(N_ROWS)]
+    assert ids == list(range(N_ROWS))  # CSV integer ids come back as integers too
     enc, ref = reference
     np.testing.assert_allclose(vectors, ref, atol=1e-6)
     meta = pq.read_metadata(tmp_path / "out" / part_name(0)).metadata
@@ -346,3 +346,28 @@ def test_ray_job_that_fails_resumes_on_rerun(
     result = encode_dataset(jsonl_input, out, tiny_model_dir, **kw)
     assert (result.written, result.resumed) == (N_ROWS, 4)
     assert files_of(out) == files_of(ray_run)
+
+
+def test_csv_ids_are_integers_only_when_all_are(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ints = write_input(tmp_path / "i.csv", [{"id": 7, "text": "a"}, {"id": -3, "text": "b"}])
+    encode_dataset(ints, tmp_path / "oi", tiny_model_dir)
+    assert pq.read_table(tmp_path / "oi").column("id").to_pylist() == [7, -3]
+    mixed = write_input(tmp_path / "m.csv", [{"id": 7, "text": "a"}, {"id": "x7", "text": "b"}])
+    encode_dataset(mixed, tmp_path / "om", tiny_model_dir)
+    assert pq.read_table(tmp_path / "om").column("id").to_pylist() == ["7", "x7"]
+
+
+def test_rows_are_numbered_without_an_id_column(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "t.jsonl"
+    src.write_text('{"text": "a"}\n{"text": ""}\n{"text": "c"}\n')
+    result = encode_dataset(src, tmp_path / "o", tiny_model_dir, id_column=None)
+    assert (result.written, result.rejected) == (2, 1)
+    assert pq.read_table(tmp_path / "o").column("id").to_pylist() == [0, 2]
+    out = tmp_path / "cli"
+    assert (
+        main(["encode", str(src), str(out), "--model", str(tiny_model_dir), "--no-progress"]) == 0
+    )
+    assert "numbering the rows" in capsys.readouterr().err
+    assert pq.read_table(out).column("id").to_pylist() == [0, 2]
