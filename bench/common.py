@@ -104,11 +104,15 @@ def machine_info() -> dict[str, Any]:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     model = cpu.get("model name") or platform.processor() or "unknown"
+    from bertrec.runtime.cpu import cpu_features
+
     return {
         "cpu_model": model,
         "cpu": model,  # short key some scripts read
         "cpu_vendor": cpu.get("vendor_id", ""),
         "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+        # The kernel family bertrec's auto backend chooses by (bertrec.runtime.cpu).
+        "isa": cpu_features().isa,
         "cores_usable": usable_cores(),
         "cores_logical": os.cpu_count(),
         "memory_gib": mem_gib,

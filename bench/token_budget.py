@@ -1,8 +1,10 @@
 """Token-budget batching vs fixed batch sizes on a realistic length mix, in one run.
 
 Also sweeps the budget to choose ``DEFAULT_MAX_BATCH_TOKENS`` for the CPU.
-``python -m bench.token_budget [--quick] [--data DIR]`` writes
-bench/results/batching-<ts>.json (the record kind keeps its name from the earlier script).
+``python -m bench.token_budget [--quick] [--workload short|long] [--backend B]
+[--precision P] [--data DIR]`` writes bench/results/batching-<ts>.json for the short mix
+(the record kind keeps its name from the earlier script) and batching-long-<ts>.json for
+the long texts (128-512 tokens, bench.throughput.workloads).
 """
 
 from __future__ import annotations
@@ -10,21 +12,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import bertrec
 from bench.common import (
     add_data_arg,
     bench_model_dir,
-    load_text_mix,
     machine_info,
+    minilm_source,
     usable_cores,
     versions,
     write_record,
 )
+from bench.throughput.workloads import describe_long, load_workload
 
 KIND = "batching"
+KINDS = {"short": KIND, "long": "batching-long"}
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,21 @@ class Settings:
     budgets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
     fixed_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     threads: int = field(default_factory=usable_cores)
+    workload: str = "short"
 
 
-def run(settings: Settings, data_dir: Path | None = None) -> dict[str, object]:
-    mix = load_text_mix(settings.texts, data_dir=data_dir)
+# Long texts (~230 tokens after MiniLM's truncation at 256): budgets from 4 rows up.
+LONG = Settings(
+    texts=256,
+    budgets=(1024, 2048, 4096, 8192, 16384),
+    fixed_batch_sizes=(4, 8, 16, 32),
+    workload="long",
+)
+
+
+def run(settings: Settings, data_dir: Path | None = None) -> dict[str, Any]:
+    tokenizer_json = minilm_source() / "tokenizer.json"
+    mix = load_workload(settings.workload, settings.texts, 0, data_dir, tokenizer_json)
     texts = mix.texts
     model_dir = bench_model_dir()
     configs: dict[str, bertrec.Encoder] = {}
@@ -77,7 +93,7 @@ def run(settings: Settings, data_dir: Path | None = None) -> dict[str, object]:
             times[name].append(time.perf_counter() - t0)
     tok = next(iter(configs.values()))._tokenizer
     n_tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, ts in times.items():
         med = statistics.median(ts)
         rows.append(
@@ -95,7 +111,9 @@ def run(settings: Settings, data_dir: Path | None = None) -> dict[str, object]:
         "settings": asdict(settings),
         "machine": machine_info(),
         "versions": versions(),
-        "text_mix": mix.describe(),
+        "text_mix": (
+            describe_long(mix, tokenizer_json) if settings.workload == "long" else mix.describe()
+        ),
         "mean_tokens": n_tokens / len(texts),
         "rows": rows,
         "best_budget": best_budget["config"],
@@ -106,26 +124,27 @@ def run(settings: Settings, data_dir: Path | None = None) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.token_budget", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small run for CI smoke")
+    p.add_argument("--workload", choices=("short", "long"), default="short")
     p.add_argument("--precision", default="int8")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime")
     add_data_arg(p)
     args = p.parse_args(argv)
-    s = Settings(precision=args.precision)
+    base = LONG if args.workload == "long" else Settings()
+    s = replace(base, precision=args.precision, backend=args.backend)
     if args.quick:
-        s = Settings(
-            texts=128,
-            repeats=1,
-            precision=args.precision,
-            budgets=(512, 2048),
-            fixed_batch_sizes=(16,),
-        )
+        quick = {"texts": 24, "budgets": (1024, 4096), "fixed_batch_sizes": (8,)}
+        if args.workload == "short":
+            quick = {"texts": 128, "budgets": (512, 2048), "fixed_batch_sizes": (16,)}
+        s = replace(s, repeats=1, **quick)  # type: ignore[arg-type]
     record = run(s, args.data)
-    path = write_record(KIND, record, quick=args.quick)
+    path = write_record(KINDS[args.workload], record, quick=args.quick)
     print(f"{'config':24s} {'sent/s':>8s} {'tok/s':>8s}")
-    for r in record["rows"]:  # type: ignore[union-attr]
+    for r in record["rows"]:
         print(f"{r['config']:24s} {r['sentences_per_s']:8.0f} {r['tokens_per_s']:8.0f}")
     print(
-        f"best budget: {record['best_budget']}; vs best fixed batch: "
-        f"{record['budget_vs_best_fixed']:.2f}x  (record: {path})"
+        f"{args.workload} texts, {s.backend} {s.precision}: mean "
+        f"{record['mean_tokens']:.1f} tokens; best budget: {record['best_budget']}; vs best "
+        f"fixed batch: {record['budget_vs_best_fixed']:.2f}x  (record: {path})"
     )
 
 

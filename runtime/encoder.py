@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from bertrec.errors import (
     NotFoundError,
 )
 
+from .cpu import CpuFeatures, choice_path, cpu_features, measured_choice, probe_feeds
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .openvino_runner import (
     BF16_CHECK,
@@ -82,9 +84,20 @@ def bf16_check(manifest: Manifest) -> dict[str, Any] | None:
 
 
 def choose_backend(
-    backend: str, device: str, precision: str, manifest: Manifest | None = None
+    backend: str,
+    device: str,
+    precision: str,
+    manifest: Manifest | None = None,
+    model_dir: Path | None = None,
+    threads: int | None = None,
 ) -> tuple[str, str]:
-    """The backend to use and why, for the ``auto`` rules in ``Encoder``'s docstring."""
+    """The backend to use and why, for the ``auto`` rules in ``Encoder``'s docstring.
+
+    On the CPU the machine's features decide (``runtime.cpu``): bf16 instructions take
+    OpenVINO bf16 where its fidelity is recorded; int8 dot products (VNNI) take ONNX
+    Runtime int8; AVX2 or AVX-512 without either is measured once (ONNX Runtime int8
+    against OpenVINO fp32, given ``model_dir``) and the winner cached per machine.
+    """
     if device == "auto" and not cuda_usable():
         _note_cuda_fallback_once()
     if backend == "openvino":
@@ -101,20 +114,63 @@ def choose_backend(
         return "onnxruntime", f"precision={precision!r} is an ONNX Runtime variant"
     if not openvino_importable():
         return "onnxruntime", "OpenVINO is not installed (pip install 'bertrec[openvino]')"
-    if not cpu_has_bf16():
-        return "onnxruntime", "this CPU has no bf16 instructions; int8 is faster here"
-    if precision == "auto" and manifest is not None:
-        check = bf16_check(manifest)
-        if check is None:
-            return "onnxruntime", (
-                "the model's bf16 fidelity is not recorded; `bertrec check MODEL_DIR` records it"
-            )
-        if float(check.get("min_cos", 0.0)) < BF16_MIN_COS:
-            return "onnxruntime", (
-                f"bf16 min cosine {float(check.get('min_cos', 0.0)):.6f} < {BF16_MIN_COS} on "
-                "this model (recorded by `bertrec check`)"
-            )
-    return "openvino", "CPU has bf16 instructions, OpenVINO is installed, bf16 fidelity recorded"
+    features = cpu_features()
+    if cpu_has_bf16():
+        if precision == "auto" and manifest is not None:
+            check = bf16_check(manifest)
+            if check is None:
+                return "onnxruntime", (
+                    "the model's bf16 fidelity is not recorded; `bertrec check MODEL_DIR` "
+                    "records it"
+                )
+            if float(check.get("min_cos", 0.0)) < BF16_MIN_COS:
+                return "onnxruntime", (
+                    f"bf16 min cosine {float(check.get('min_cos', 0.0)):.6f} < {BF16_MIN_COS} "
+                    "on this model (recorded by `bertrec check`)"
+                )
+        return "openvino", (
+            f"{features.isa}: CPU has bf16 instructions, OpenVINO is installed, bf16 fidelity "
+            "recorded"
+        )
+    if features.vnni or not features.known or not features.avx2:
+        return "onnxruntime", f"{features.isa}: no bf16 instructions; ONNX Runtime int8 is faster"
+    if precision != "auto" or manifest is None or model_dir is None:
+        return "onnxruntime", f"{features.isa}: no bf16 or VNNI; ONNX Runtime int8 (not measured)"
+    if "int8" not in manifest.variants:
+        return "onnxruntime", f"{features.isa}: the model has no int8 variant to measure"
+    return _measured_backend(features, manifest, model_dir, threads or _physical_cores())
+
+
+def _measured_backend(
+    features: CpuFeatures, manifest: Manifest, model_dir: Path, threads: int
+) -> tuple[str, str]:
+    """AVX2 / AVX-512 without VNNI or bf16: ONNX Runtime's u8s8 kernels go through 16-bit
+    pair sums there, so int8 may or may not beat OpenVINO fp32; one measurement (a second
+    or two, once per machine, model and versions) decides, cached in bertrec's cache."""
+    from .ort_runner import OrtRunner
+
+    def ort_int8() -> Any:
+        return OrtRunner(model_dir, manifest, "int8", "cpu", False, threads, verify=False).run
+
+    def ov_fp32() -> Any:
+        return OpenVinoRunner(model_dir, manifest, "fp32", threads, verify=False).run
+
+    build = {"onnxruntime": ort_int8, "openvino": ov_fp32}
+    try:
+        winner, data, cached = measured_choice(
+            choice_path(manifest, threads, features), build, probe_feeds(manifest)
+        )
+    except Exception as exc:  # a measurement that fails leaves the default
+        log.debug("backend measurement failed (%s); using ONNX Runtime int8", exc)
+        return "onnxruntime", f"{features.isa}: no bf16 or VNNI; measuring failed, int8"
+    ms = data.get("ms", {})
+    how = "cached measurement" if cached else "measured now"
+    return winner, (
+        f"{features.isa}: no bf16 or VNNI; {how}: ONNX Runtime int8 "
+        f"{ms.get('onnxruntime', float('nan')):.1f} ms, OpenVINO fp32 "
+        f"{ms.get('openvino', float('nan')):.1f} ms per {'x'.join(map(str, data.get('shape', [])))}"
+        " batch"
+    )
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -166,12 +222,18 @@ class Encoder:
         backend: ``onnxruntime``, ``openvino`` or ``auto``: ONNX Runtime on CUDA when it
             works; else OpenVINO bf16 when OpenVINO is installed, the CPU has bf16
             instructions and the model's bf16 fidelity is recorded and good (``bertrec
-            check MODEL_DIR``, run by export where it can); else ONNX Runtime on the CPU.
-            ``encoder.backend_reason`` says why.
+            check MODEL_DIR``, run by export where it can); else ONNX Runtime on the CPU,
+            except on AVX2 / AVX-512 CPUs without VNNI or bf16, where ONNX Runtime int8 and
+            OpenVINO fp32 are timed once per machine and model (cached) and the faster
+            runs. ``encoder.backend_reason`` says why.
         verify: check each model file's sha256 against the manifest at load (on by
             default; False skips the read of the whole file, sizes are still checked).
 
     The Encoder only reads its model directory: every file keeps its bytes and mtime.
+    What it caches (ONNX Runtime's optimized graph, OpenVINO's compiled model, the measured
+    backend choice) goes to bertrec's cache dir (``bertrec.core.cache_dir``); a cache that
+    is unwritable, stale or damaged is passed over (a debug log line), never an error.
+    ``encoder.startup`` says where construction time went.
 
     Texts longer than the manifest's ``max_length`` tokens are truncated, as
     sentence-transformers does. ``encode`` is safe to call from several threads.
@@ -203,12 +265,15 @@ class Encoder:
             isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0
         ):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
+        t0 = time.perf_counter()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.threads = threads or _physical_cores()
+        t1 = time.perf_counter()
         self.backend, self.backend_reason = choose_backend(
-            backend, device, precision, self.manifest
+            backend, device, precision, self.manifest, self.model_dir, self.threads
         )
+        t2 = time.perf_counter()
         log.info("bertrec backend: %s (%s)", self.backend, self.backend_reason)
         self._runner: Any
         if self.backend == "openvino":
@@ -242,8 +307,19 @@ class Encoder:
         self.max_length = self.manifest.max_length
         self.prompts: dict[str, str] = dict(self.manifest.prompts)
         self.default_prompt_name = self.manifest.default_prompt_name
+        t3 = time.perf_counter()
         self._tokenizer = self._load_tokenizer()
         self._inputs = self._runner.input_names
+        # Where construction time went (bench/startup.py reports it), and whether the
+        # backend's cache in bertrec's cache dir was used ("hit", "miss" or "off").
+        self.startup: dict[str, Any] = {
+            "manifest_s": t1 - t0,
+            "backend_choice_s": t2 - t1,
+            **getattr(self._runner, "startup", {}),
+            "tokenizer_s": time.perf_counter() - t3,
+            "total_s": time.perf_counter() - t0,
+            "cache": getattr(self._runner, "cache", "off"),
+        }
         log.info("%s", self.describe())
 
     def describe(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 from bertrec.core import cache_dir
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
+from .cpu import cpu_features, onednn_allows_bf16, onednn_cap
 from .manifest import Manifest, check_against_model, verify_variant
 
 log = logging.getLogger("bertrec.runtime")
@@ -50,8 +52,16 @@ def _core() -> Any:
 
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """True when OpenVINO reports native bf16 on this CPU (AMX-BF16 or AVX512-BF16)."""
+    """True when this CPU has native bf16 (AMX-BF16 or AVX512-BF16 in its flags), oneDNN's
+    ISA cap (``ONEDNN_MAX_CPU_ISA``) allows bf16 kernels, and OpenVINO reports bf16.
+
+    The flags are read first, so a CPU without bf16 never pays for starting OpenVINO here;
+    under a cap below AVX512_CORE_BF16 OpenVINO still reports bf16 but cannot compile it.
+    """
     if not openvino_importable():
+        return False
+    features = cpu_features()
+    if (features.known and not features.bf16) or not onednn_allows_bf16(onednn_cap()):
         return False
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -84,7 +94,9 @@ class OpenVinoRunner:
         if "fp32" not in manifest.variants:
             raise ConfigError(f"{str(model_dir)!r} has no fp32 variant for OpenVINO to read")
         variant = manifest.variants["fp32"]
+        t0 = time.perf_counter()
         path = verify_variant(model_dir, variant, check_hash=verify)
+        t1 = time.perf_counter()
         self.precision = "bf16" if precision == "auto" and cpu_has_bf16() else precision
         if self.precision == "auto":
             self.precision = "fp32"
@@ -96,11 +108,16 @@ class OpenVinoRunner:
         core = _core()
         # Compiled blobs are cached per model file, so the second start skips compilation.
         cache = cache_dir("openvino", variant.sha256[:16])
+        # "hit": the compile wrote no new blob (it read one); "miss": it wrote one; "off".
+        self.cache = "off"
+        blobs: set[Path] = set()
         try:
             cache.mkdir(parents=True, exist_ok=True)
+            blobs = set(cache.glob("*.blob"))
             core.set_property({"CACHE_DIR": str(cache)})
+            self.cache = "on"
         except OSError as exc:
-            log.warning("OpenVINO model cache disabled (%s)", exc)
+            log.debug("OpenVINO model cache off (%s)", exc)
         self._path = path
         try:
             self.compiled = self._compile("LATENCY")
@@ -121,6 +138,9 @@ class OpenVinoRunner:
             },
         )
         self._output = self.compiled.output(0)
+        self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
+        if self.cache == "on":
+            self.cache = "miss" if set(cache.glob("*.blob")) - blobs else "hit"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._streams: Any = None  # THROUGHPUT-mode model, compiled on first run_many

@@ -1,18 +1,41 @@
-"""ONNX Runtime backend: one session, optional IO binding into a reused per-thread buffer."""
+"""ONNX Runtime backend: one session, optional IO binding into a reused per-thread buffer.
+
+On the CPU the graph ONNX Runtime optimized at a session's first start is kept in bertrec's
+cache and loaded, with optimizations off, on later starts (bench/startup.py measures it).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from bertrec.core import atomic_write_json, cache_dir, sha256_file
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
-from .manifest import PRECISIONS, Manifest, check_against_model, verify_variant
+from .cpu import cpu_features
+from .manifest import PRECISIONS, Manifest, Variant, check_against_model, verify_variant
 from .providers import CPU, CUDA, cuda_usable
+
+log = logging.getLogger("bertrec.runtime")
+
+# bertrec.core.cache_dir(SESSION_CACHE, key) holds one optimized graph and its meta.json.
+SESSION_CACHE = "onnxruntime"
+# Variants whose optimized graph is cached: the per-token int8 graph's optimization (constant
+# folding, shared quantization of Q/K/V inputs) costs more than reading the result back; an
+# fp32 graph optimizes about as fast as its cached copy loads and is hashed (bench/startup.py).
+CACHED_PRECISIONS = ("int8",)
+OPTIMIZED_NAME = "model.optimized.onnx"
+META_NAME = "meta.json"
 
 
 def pick_variant(manifest: Manifest, model_dir: Path, precision: str, preferred: str) -> str:
@@ -62,10 +85,19 @@ class OrtRunner:
         self.precision = pick_variant(
             manifest, model_dir, precision, "fp16" if use_cuda else "int8"
         )
-        path = verify_variant(model_dir, manifest.variants[self.precision], check_hash=verify)
+        variant = manifest.variants[self.precision]
+        t0 = time.perf_counter()
+        path = verify_variant(model_dir, variant, check_hash=verify)
+        t1 = time.perf_counter()
         providers = [CUDA, CPU] if use_cuda else [CPU]
+        # "hit": the cached optimized graph was loaded; "miss": optimized now and cached;
+        # "off": not cached (CUDA, a variant not in CACHED_PRECISIONS, or no writable cache).
+        self.cache = "off"
         try:
-            self.session = ort.InferenceSession(str(path), self._options(), providers=providers)
+            if use_cuda or self.precision not in CACHED_PRECISIONS:
+                self.session = ort.InferenceSession(str(path), self._options(), providers=providers)
+            else:
+                self.session = self._cpu_session(path, variant, verify)
         except Exception as exc:  # ORT raises its own types for bad files and providers
             if use_cuda:
                 raise ProviderError(f"CUDA provider failed to start: {exc}") from exc
@@ -88,6 +120,7 @@ class OrtRunner:
         )
         self.io_binding = use_cuda if io_binding is None else bool(io_binding)
         self._local = threading.local()
+        self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
     def _options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -97,6 +130,47 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         return so
+
+    def _cpu_session(self, path: Path, variant: Variant, verify: bool) -> ort.InferenceSession:
+        """A CPU session: from the cached optimized graph when there is a good one, else from
+        ``path``, writing the optimized graph to the cache on the way. The cache is never
+        needed: an unwritable, stale or damaged one costs a debug line and the optimization."""
+        entry = session_cache_dir(variant)
+        source = _file_stamp(path)
+        cached = _load_cached(entry, variant, source, verify, self._options)
+        if cached is not None:
+            self.cache = "hit"
+            return cached
+        try:
+            entry.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.debug("ONNX Runtime session cache off: cannot create %s (%s)", entry, exc)
+            return ort.InferenceSession(str(path), self._options(), providers=[CPU])
+        tmp = entry / f".{OPTIMIZED_NAME}.{os.getpid()}.{threading.get_ident()}.tmp"
+        so = self._options()
+        so.optimized_model_filepath = str(tmp)
+        try:
+            session = ort.InferenceSession(str(path), so, providers=[CPU])
+        except Exception as exc:  # e.g. the file could not be written: start without it
+            tmp.unlink(missing_ok=True)
+            log.debug("ONNX Runtime session cache off: %s", str(exc).splitlines()[0][:200])
+            return ort.InferenceSession(str(path), self._options(), providers=[CPU])
+        try:
+            meta = {
+                "variant_sha256": variant.sha256,
+                "source": source,
+                "onnxruntime": ort.__version__,
+                "cpu": cpu_features().key(),
+                "size": tmp.stat().st_size,
+                "sha256": sha256_file(tmp),
+            }
+            os.replace(tmp, entry / OPTIMIZED_NAME)
+            atomic_write_json(entry / META_NAME, meta)
+            self.cache = "miss"
+        except Exception as exc:  # OSError, OutputError: the session is fine without it
+            tmp.unlink(missing_ok=True)
+            log.debug("ONNX Runtime session cache not written to %s (%s)", entry, exc)
+        return session
 
     def run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
         """Embeddings of one padded batch. With IO binding the result is a view of a
@@ -128,3 +202,49 @@ class OrtRunner:
         )
         self.session.run_with_iobinding(binding)
         return out
+
+
+def session_cache_dir(variant: Variant) -> Path:
+    """The cache entry of a variant's optimized graph: keyed by the file's sha256, the ONNX
+    Runtime version and the CPU's kernel flags (an optimized graph may hold kernels chosen
+    for this CPU, which ONNX Runtime says to use only where it was made)."""
+    key = f"{variant.sha256}|{ort.__version__}|{cpu_features().key()}"
+    return cache_dir(SESSION_CACHE, hashlib.sha256(key.encode()).hexdigest()[:24])
+
+
+def _file_stamp(path: Path) -> list[int]:
+    """Size and mtime of the model file: a file replaced in place (even with ``verify``
+    off) makes the cached graph stale."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_cached(
+    entry: Path, variant: Variant, source: list[int], verify: bool, options: Any
+) -> ort.InferenceSession | None:
+    """A session on the cached optimized graph, or None when there is no good one."""
+    model = entry / OPTIMIZED_NAME
+    try:
+        meta = json.loads((entry / META_NAME).read_text(encoding="utf-8"))
+        size = model.stat().st_size
+    except (OSError, ValueError):
+        return None  # nothing cached yet (or half of it): the common first start
+    if (
+        not isinstance(meta, dict)
+        or meta.get("variant_sha256") != variant.sha256
+        or meta.get("source") != source
+        or meta.get("onnxruntime") != ort.__version__
+        or meta.get("size") != size
+    ):
+        log.debug("ONNX Runtime session cache %s is stale; optimizing again", entry)
+        return None
+    try:
+        if verify and sha256_file(model) != meta.get("sha256"):
+            log.debug("ONNX Runtime session cache %s is damaged; optimizing again", entry)
+            return None
+        so = options()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(model), so, providers=[CPU])
+    except Exception as exc:  # unreadable or not loadable: optimize from the model file
+        log.debug("ONNX Runtime session cache %s not loadable (%s)", entry, str(exc)[:200])
+        return None

@@ -73,6 +73,9 @@ class System:
         self.common = common
         self._fn = fn
         self.texts: list[str] = []
+        # How the system cuts batches, for the FLOPs it runs (bench.peak): "sorted" (fixed
+        # rows, longest texts first), "input-order" (fixed rows) or "budget" (bertrec's).
+        self.batching = "sorted"
 
     def prepare(self, texts: list[str]) -> None:
         self.texts = texts
@@ -114,6 +117,7 @@ def ort_options(threads: int) -> Any:
 # from the runtime. Sorting by character length, as sentence-transformers' encode() does, keeps
 # the comparison about the runtime; fixed rows per batch remain the difference to bertrec.
 BY_LENGTH = "fixed batch size, texts sorted by character length (as sentence-transformers)"
+INPUT_ORDER = "fixed batch size, texts in input order (fastembed's embed does not sort)"
 
 
 def by_length(texts: list[str]) -> list[int]:

@@ -67,6 +67,9 @@ def bertrec_system(
         "default_max_batch_tokens": default_budget,
         "max_length": enc.max_length,
         "constructor": dict(kwargs),
+        "startup": {k: round(v, 4) if isinstance(v, float) else v for k, v in enc.startup.items()},
     }
     label = f"bertrec {enc.backend} {enc.precision}" + (" (auto)" if name == "bertrec-auto" else "")
-    return System(name, label, info, configs, common, fn)
+    system = System(name, label, info, configs, common, fn)
+    system.batching = "budget"
+    return system

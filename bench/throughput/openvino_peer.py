@@ -182,11 +182,11 @@ def st_openvino_system(shape: ShapeSettings, settings: Settings, source: Path) -
         OV_WORKER,
         {
             "model_dir": str(source),
-            "export_dir": str(bench_cache(shape.name) / "st-openvino"),
+            "export_dir": str(bench_cache(shape.model) / "st-openvino"),
             "threads": settings.threads,
         },
         [Config(batch_size=b) for b in shape.batch_sizes],
-        Config(batch_size=settings.common_batch),
+        Config(batch_size=shape.common_batch or settings.common_batch),
         log_path=bench_cache() / "st-openvino-worker.log",
     )
     system.info["venv"] = how

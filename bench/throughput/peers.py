@@ -1,9 +1,12 @@
 """The peers run in this process: sentence-transformers (torch and its own ONNX export),
-Optimum's ``ORTModelForFeatureExtraction`` and a plain ONNX Runtime session."""
+Optimum's ``ORTModelForFeatureExtraction``, a plain ONNX Runtime session and fastembed (on
+bertrec's int8 graph and on a Qdrant-style export)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from bench.common import bench_cache, log
-from bench.throughput.base import BY_LENGTH, Config, System, by_length, ort_options, unsort
+from bench.throughput.base import (
+    BY_LENGTH,
+    INPUT_ORDER,
+    Config,
+    System,
+    by_length,
+    ort_options,
+    unsort,
+)
 
 
 def st_onnx_dir(source: Path, shape: str, threads: int) -> Path:
@@ -61,7 +72,9 @@ def st_system(
         )
 
     configs = [Config(batch_size=b) for b in batch_sizes]
-    info = {"backend": backend, "max_seq_length": model.max_seq_length, **(info or {})}
+    precision = name.rsplit("-", 1)[-1]
+    info = {"backend": backend, "precision": precision, "max_seq_length": model.max_seq_length,
+            **(info or {})}  # fmt: skip
     return System(name, f"sentence-transformers {backend} {name.rsplit('-', 1)[-1]}", info,
                   configs, Config(batch_size=common_batch), fn)  # fmt: skip
 
@@ -101,7 +114,8 @@ def optimum_system(
         return unsort(np.concatenate(out), order)
 
     configs = [Config(batch_size=b) for b in batch_sizes]
-    info = {"backend": "onnxruntime via optimum", "onnx": "sentence-transformers' export",
+    info = {"backend": "onnxruntime via optimum", "precision": "fp32",
+            "onnx": "sentence-transformers' export",
             "pooling": "numpy mean + L2", "batching": BY_LENGTH}  # fmt: skip
     return System("optimum-ort-fp32", "Optimum ORTModel fp32 + numpy pooling", info, configs,
                   Config(batch_size=common_batch), fn)  # fmt: skip
@@ -141,7 +155,85 @@ def plain_ort_system(
         return unsort(np.concatenate(out), order)
 
     configs = [Config(batch_size=b) for b in batch_sizes]
-    info = {"backend": "onnxruntime InferenceSession", "onnx": "bertrec model.fp32.onnx",
+    info = {"backend": "onnxruntime InferenceSession", "precision": "fp32",
+            "onnx": "bertrec model.fp32.onnx",
             "tokenizer": "transformers AutoTokenizer", "batching": BY_LENGTH}  # fmt: skip
     return System("ort-plain-fp32", "plain ORT session on bertrec fp32", info, configs,
                   Config(batch_size=common_batch), fn)  # fmt: skip
+
+
+# -- fastembed ------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "config.json")
+
+
+def fastembed_dir(out: Path, source: Path, onnx_file: Path, max_length: int) -> Path:
+    """A folder fastembed loads with ``specific_model_path``: the ONNX file linked as
+    ``model.onnx``, the tokenizer files of ``source``, and a tokenizer_config.json whose
+    ``model_max_length`` is ``max_length``. fastembed truncates at that key (Qdrant's
+    MiniLM export says 512 where sentence-transformers stops at 256); setting it to every
+    system's limit keeps the work equal."""
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(onnx_file.resolve())
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    cfg = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["model_max_length"] = max_length
+    cfg.pop("max_length", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return out
+
+
+def fastembed_system(
+    name: str,
+    model_path: Path,
+    dim: int,
+    pooled: bool,
+    batch_sizes: Sequence[int],
+    common_batch: int,
+    threads: int,
+    info: dict[str, Any],
+) -> System:
+    """``fastembed.TextEmbedding`` on a local folder, registered as a custom model (it
+    cannot download here): ``pooled`` graphs (bertrec's) give the sentence vector as the
+    ``sentence_embedding`` output; the others (a Qdrant-style export) give token states
+    that fastembed mean-pools and normalizes, as it does for its own MiniLM."""
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    model_id = f"bertrec-bench/{name}-{abs(hash(str(model_path))) % 10**8}"
+    if not any(m["model"] == model_id for m in TextEmbedding.list_supported_models()):
+        TextEmbedding.add_custom_model(
+            model=model_id,
+            pooling=PoolingType.DISABLED if pooled else PoolingType.MEAN,
+            normalization=not pooled,
+            sources=ModelSource(hf="local/only"),
+            dim=dim,
+            model_file="model.onnx",
+            output_name="sentence_embedding" if pooled else None,
+        )
+    model = TextEmbedding(
+        model_id,
+        cache_dir=tempfile.mkdtemp(prefix="bertrec-fastembed-"),
+        threads=threads,
+        providers=["CPUExecutionProvider"],
+        specific_model_path=str(model_path),
+        local_files_only=True,
+    )
+
+    def fn(texts: list[str], cfg: Config) -> Any:
+        return np.stack(list(model.embed(texts, batch_size=cfg.batch_size or common_batch)))
+
+    import fastembed
+
+    configs = [Config(batch_size=b) for b in batch_sizes]
+    info = {"backend": "fastembed TextEmbedding (onnxruntime)", "fastembed": fastembed.__version__,
+            "batching": INPUT_ORDER, **info}  # fmt: skip
+    system = System(name, f"fastembed {info.get('graph', '')} {info.get('precision', '')}".strip(),
+                    info, configs, Config(batch_size=common_batch), fn)  # fmt: skip
+    system.batching = "input-order"
+    return system

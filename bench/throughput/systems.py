@@ -9,11 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import log
+from bench.common import bench_cache, log
 from bench.throughput.base import System, error_text, ort_options
 from bench.throughput.bertrec_systems import bertrec_model_dir, bertrec_system, int8_dir
+from bench.throughput.infinity_peer import infinity_system
 from bench.throughput.openvino_peer import st_openvino_system
-from bench.throughput.peers import optimum_system, plain_ort_system, st_onnx_dir, st_system
+from bench.throughput.peers import (
+    fastembed_dir,
+    fastembed_system,
+    optimum_system,
+    plain_ort_system,
+    st_onnx_dir,
+    st_system,
+)
 from bench.throughput.settings import Settings, ShapeSettings, st_max_length
 
 ST_INT8_FILE = "onnx/model_qint8_avx512_vnni.onnx"
@@ -29,7 +37,7 @@ def build_systems(
     from bertrec.runtime.manifest import read_manifest
     from bertrec.runtime.openvino_runner import cpu_has_bf16
 
-    threads, common = settings.threads, settings.common_batch
+    threads, common = settings.threads, shape.common_batch or settings.common_batch
     failed: dict[str, dict[str, Any]] = {}
     systems: list[System] = []
     cache: dict[str, Any] = {}
@@ -47,10 +55,10 @@ def build_systems(
         return cache[key]
 
     def bertrec_export() -> tuple[Path, str | None]:
-        return needs("bertrec", lambda: bertrec_model_dir(source, shape.name))
+        return needs("bertrec", lambda: bertrec_model_dir(source, shape.model))
 
     def st_onnx() -> Path:
-        return needs("st-onnx", lambda: st_onnx_dir(source, shape.name, threads))
+        return needs("st-onnx", lambda: st_onnx_dir(source, shape.model, threads))
 
     def st_onnx_kwargs(file: str) -> dict[str, Any]:
         return {
@@ -66,6 +74,27 @@ def build_systems(
     except Exception:
         max_length = st_max_length(source)
     ov_precision = "bf16" if cpu_has_bf16() else "fp32"
+
+    def fastembed(name: str, graph: str) -> System:
+        """fastembed on bertrec's int8 graph (pooled in the graph), or on a Qdrant-style
+        export (sentence-transformers' ONNX file, token states; fastembed pools)."""
+        if graph == "bertrec":
+            onnx_file, pooled, tok_src = int8_dir(bertrec_export()) / "model.int8.onnx", True, None
+            info = {"graph": "bertrec model.int8.onnx", "precision": "int8"}
+        else:
+            onnx_file, pooled, tok_src = st_onnx() / "onnx" / "model.onnx", False, st_onnx()
+            info = {"graph": "Qdrant-style export (ST's ONNX file)", "precision": "fp32"}
+        dim = read_manifest(bertrec_export()[0]).dim
+        folder = fastembed_dir(
+            bench_cache(shape.model) / f"fastembed-{graph}",
+            tok_src or bertrec_export()[0],
+            onnx_file,
+            max_length,
+        )
+        info["max_length"] = max_length
+        info["truncation"] = "tokenizer_config.json model_max_length set to every system's limit"
+        return fastembed_system(name, folder, dim, pooled, sizes, common, threads, info)
+
     budgets, sizes = shape.token_budgets, shape.batch_sizes
     on_cpu = {"device": "cpu", "threads": threads}
     builders: dict[str, Callable[[], System]] = {
@@ -97,6 +126,9 @@ def build_systems(
             st_onnx(), max_length, sizes, common, threads),
         "ort-plain-fp32": lambda: plain_ort_system(
             bertrec_export()[0], max_length, sizes, common, threads),
+        "fastembed-bertrec-int8": lambda: fastembed("fastembed-bertrec-int8", "bertrec"),
+        "fastembed-qdrant-fp32": lambda: fastembed("fastembed-qdrant-fp32", "qdrant"),
+        "infinity-optimum-int8": lambda: infinity_system(shape, settings, source),
     }  # fmt: skip
     for key in shape.systems:
         t0 = time.perf_counter()

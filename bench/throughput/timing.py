@@ -14,6 +14,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.common import TextMix, log, median, percentiles
+from bench.peak import (
+    ModelShape,
+    budget_batches,
+    input_order_batches,
+    share_of_peak,
+    sorted_batches,
+)
 from bench.throughput.base import Config, Run, System, error_text
 from bench.throughput.settings import REFERENCE, Settings, ShapeSettings
 
@@ -22,12 +29,23 @@ class Bench:
     """Runs the phases for one model shape and collects every figure."""
 
     def __init__(
-        self, shape: ShapeSettings, settings: Settings, mix: TextMix, tokens: NDArray[np.int64]
+        self,
+        shape: ShapeSettings,
+        settings: Settings,
+        mix: TextMix,
+        tokens: NDArray[np.int64],
+        full_tokens: NDArray[np.int64] | None = None,
+        model: ModelShape | None = None,
+        peaks: dict[str, Any] | None = None,
     ) -> None:
         self.shape = shape
         self.settings = settings
         self.mix = mix
-        self.tokens = tokens
+        self.tokens = tokens  # as every system truncates (the shape's max_length)
+        self.full_tokens = tokens if full_tokens is None else full_tokens  # untruncated
+        self.model = model
+        self.peaks = peaks or {}
+        self.common_batch = shape.common_batch or settings.common_batch
         self.failed: dict[str, dict[str, Any]] = {}
         self.runs: dict[tuple[str, str, str], list[Run]] = {}
         self.embeddings: dict[str, NDArray[np.float32]] = {}
@@ -198,6 +216,8 @@ class Bench:
                     **percentiles(lat),
                     "sentences_per_s": len(lat) / sum(lat),
                 }
+            for fig in [*entry["sweep"], *entry["final"]]:
+                self._add_flops(s, fig)
             out[s.name] = entry
         ref = out.get(REFERENCE, {})
         ref_emb = self.embeddings.get(REFERENCE)
@@ -212,19 +232,90 @@ class Bench:
 
                 entry["fidelity"] = {
                     **fidelity(self.embeddings[name], ref_emb),
-                    "reference": f"{REFERENCE} (normalized), batch {self.settings.common_batch}",
+                    "reference": f"{REFERENCE} (normalized), batch {self.common_batch}",
                     "config": entry["common"]["config"] if "common" in entry else None,
                 }
         for name, fail in self.failed.items():
             out.setdefault(name, {"label": name, "status": "failed", **fail})
+        fastest = fastest_peer(out)
+        if fastest is not None:
+            top = out[fastest]["best"]["sentences_per_s"]
+            for name, entry in out.items():
+                if name.startswith("bertrec") and "best" in entry:
+                    entry["ratio_best_to_fastest_peer"] = entry["best"]["sentences_per_s"] / top
         return out
 
+    def _add_flops(self, system: System, fig: dict[str, Any]) -> None:
+        """GFLOP/s of a figure (bench.peak's model: the real tokens, and the padded batches
+        as this system cuts them) and their share of the machine's peak for its precision."""
+        if self.model is None:
+            return
+        n = int(fig["texts"])
+        limit = int(system.info.get("max_length") or system.info.get("max_seq_length") or 0) or int(
+            self.tokens.max(initial=1)
+        )
+        lengths = np.minimum(self.full_tokens[:n], limit)
+        bs = fig.get("batch_size") or self.common_batch
+        if system.batching == "budget":
+            budget = fig.get("max_batch_tokens") or system.info.get("default_max_batch_tokens")
+            batches = budget_batches(lengths, int(budget or 1024), fig.get("batch_size"))
+        elif system.batching == "input-order":
+            batches = input_order_batches(lengths, int(bs))
+        else:
+            batches = sorted_batches(lengths, int(bs))
+        secs = float(fig.get("median_s") or fig.get("min_s") or 0.0)
+        if secs <= 0:
+            return
+        useful = self.model.useful_flops(self.tokens[:n])
+        run = self.model.run_flops(batches)
+        precision = str(system.info.get("precision", "fp32"))
+        fig["gflops_per_s"] = useful / secs / 1e9
+        fig["gflops_as_run_per_s"] = run / secs / 1e9
+        fig["padding_flops_ratio"] = run / useful if useful else None
+        fig["precision"] = precision
+        fig["share_of_peak"] = share_of_peak(fig["gflops_per_s"], precision, self.peaks)
+        fig["share_of_peak_as_run"] = share_of_peak(
+            fig["gflops_as_run_per_s"], precision, self.peaks
+        )
 
-def token_counts(texts: Sequence[str], tokenizer_json: Path, max_length: int) -> NDArray[np.int64]:
-    """Tokens per text as every system sees them: with [CLS]/[SEP], truncated."""
+
+def fastest_peer(figures: dict[str, Any]) -> str | None:
+    """The system that is not bertrec with the highest best throughput (None: no peer ran)."""
+    peers = [(e["best"]["sentences_per_s"], n) for n, e in figures.items()
+             if not n.startswith("bertrec") and "best" in e]  # fmt: skip
+    return max(peers)[1] if peers else None
+
+
+def acceptance(figures: dict[str, Any]) -> dict[str, Any]:
+    """The issue's headline ratios for one shape, read off its figures (None: not run)."""
+
+    def best(name: str, key: str) -> Any:
+        return figures.get(name, {}).get("best", {}).get(key)
+
+    auto = figures.get("bertrec-auto", {})
+    out: dict[str, Any] = {
+        "auto": f"{auto.get('info', {}).get('backend')} {auto.get('info', {}).get('precision')}",
+        "auto_x_st_fp32": auto.get("ratio_best_to_st_fp32"),
+        "fastest_peer": fastest_peer(figures),
+        "auto_x_fastest_peer": auto.get("ratio_best_to_fastest_peer"),
+        "auto_share_of_peak": best("bertrec-auto", "share_of_peak"),
+    }
+    for name in ("bertrec-ort-int8", "bertrec-openvino-bf16"):
+        if best(name, "share_of_peak") is not None:
+            out[f"{name}_share_of_peak"] = best(name, "share_of_peak")
+    return out
+
+
+def token_counts(
+    texts: Sequence[str], tokenizer_json: Path, max_length: int | None
+) -> NDArray[np.int64]:
+    """Tokens per text as every system sees them: with [CLS]/[SEP], truncated (None: not)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
+    if max_length is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_length=max_length)
     return np.asarray([len(e.ids) for e in tok.encode_batch(list(texts))], dtype=np.int64)
