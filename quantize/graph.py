@@ -175,7 +175,6 @@ def per_token_matmuls(model: onnx.ModelProto, names: Collection[str]) -> list[st
             "n": np.array([n], np.int64),
             "start": np.array([0], np.int64),
             "end": np.array([-1], np.int64),
-            "axes": np.array([1], np.int64),
             "inv127": np.array(1 / 127.0, np.float32),
             "eps": np.array(1e-8, np.float32),
             "c128": np.array(128.0, np.float32),
@@ -184,6 +183,8 @@ def per_token_matmuls(model: onnx.ModelProto, names: Collection[str]) -> list[st
             "azp": np.array(128, np.uint8),
             "bzp": np.array(0, np.int8),
         }
+        if new_axes:
+            consts["axes"] = np.array([1], np.int64)
         model.graph.initializer.extend(numpy_helper.from_array(v, t(c)) for c, v in consts.items())
         reduce = (
             helper.make_node("ReduceMax", [t("ax"), t("axes")], [t("amax")], keepdims=1)
