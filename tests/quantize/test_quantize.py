@@ -206,3 +206,15 @@ def int8_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     add_variant(d, "int8")
     _INT8[str(d)] = bertrec.Encoder(d, precision="int8", backend="onnxruntime")
     return d
+
+
+def test_int8_on_an_opset_18_export(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """From opset 18 ReduceMax takes its axes as an input: the per-token graph follows."""
+    from bertrec.export import export_model
+
+    d = export_model(tiny_bert_dir, tmp_path / "m", precision="fp32,int8", opset=18)
+    g = onnx.load(str(d / "model.int8.onnx")).graph
+    reduces = [n for n in g.node if n.op_type == "ReduceMax"]
+    assert reduces and all(len(n.input) == 2 and not n.attribute[1:] for n in reduces)
+    enc = bertrec.Encoder(d, precision="int8", backend="onnxruntime")
+    assert np.isfinite(enc.encode(default_sentences()[:8])).all()
