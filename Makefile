@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray,langchain,llamaindex,plot]'
+	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray,langchain,llamaindex,plot,serve,cf]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
@@ -41,27 +41,37 @@ lint: $(VENV)/.deps-test
 
 # Every benchmark, one after another (keep the machine otherwise idle), then the README.
 bench: $(VENV)/.deps-test
+	$(BIN)/python -m bench.peak
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.int8_frontier
 	$(BIN)/python -m bench.token_budget
+	$(BIN)/python -m bench.token_budget --workload long
+	$(BIN)/python -m bench.attention_fusion
 	$(BIN)/python -m bench.scorer
 	$(BIN)/python -m bench.recommend_batch
 	$(BIN)/python -m bench.recsys_eval
 	$(BIN)/python -m bench.diversity_frontier
 	$(BIN)/python -m bench.ray_overhead
+	$(BIN)/python -m bench.serve_load
 	$(BIN)/python -m bench.report
 
 # Each benchmark's --quick mode (CI: proves the scripts run; asserts no speed). Quick
 # records go to a temp dir and the README is left alone.
 bench-smoke: $(VENV)/.deps-test
+	$(BIN)/python -m bench.peak --quick
+	$(BIN)/python -m bench.startup --quick
 	$(BIN)/python -m bench.throughput --quick
 	$(BIN)/python -m bench.int8_frontier --quick
 	$(BIN)/python -m bench.token_budget --quick
+	$(BIN)/python -m bench.token_budget --quick --workload long
+	$(BIN)/python -m bench.attention_fusion --quick
 	$(BIN)/python -m bench.scorer --quick
 	$(BIN)/python -m bench.recommend_batch --quick
 	$(BIN)/python -m bench.recsys_eval --quick
 	$(BIN)/python -m bench.diversity_frontier --quick
 	$(BIN)/python -m bench.ray_overhead --quick
+	$(BIN)/python -m bench.serve_load --quick
 	$(BIN)/python -m bench.report --quick
 
 # The demo is a repository example (examples/movielens), so the root goes on the path.

