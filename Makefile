@@ -51,6 +51,7 @@ bench: $(VENV)/.deps-test
 	$(BIN)/python -m bench.scorer
 	$(BIN)/python -m bench.recommend_batch
 	$(BIN)/python -m bench.recsys_eval
+	$(BIN)/python -m bench.cf_scale
 	$(BIN)/python -m bench.diversity_frontier
 	$(BIN)/python -m bench.ray_overhead
 	$(BIN)/python -m bench.serve_load
@@ -69,6 +70,7 @@ bench-smoke: $(VENV)/.deps-test
 	$(BIN)/python -m bench.scorer --quick
 	$(BIN)/python -m bench.recommend_batch --quick
 	$(BIN)/python -m bench.recsys_eval --quick
+	$(BIN)/python -m bench.cf_scale --quick
 	$(BIN)/python -m bench.diversity_frontier --quick
 	$(BIN)/python -m bench.ray_overhead --quick
 	$(BIN)/python -m bench.serve_load --quick

@@ -203,11 +203,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             points = []
             for w in QUICK_WEIGHTS[variant] if args.quick else weights:
-                ndcg, ild = score(
-                    lambda u, w=w, picker=picker: picker(
-                        vectors[u[0]], u[1], w, (u[3] or catalog_ild) / catalog_ild
-                    )
-                )
+
+                def pick(u: Any, w: float = w, picker: Picker = picker) -> NDArray[np.intp]:
+                    return picker(vectors[u[0]], u[1], w, (u[3] or catalog_ild) / catalog_ild)
+
+                ndcg, ild = score(pick)
                 points.append(
                     {
                         "weight": w,

@@ -130,3 +130,27 @@ def plot_scorer(rec: dict[str, Any], plots: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return [_save(fig, plots / "scorer.png")]
+
+
+def plot_hybrid(rec: dict[str, Any], plots: Path) -> list[Path]:
+    """NDCG@10 of every method on each protocol of the hybrid evaluation (recsys record)."""
+    import matplotlib.pyplot as plt
+
+    hybrid = rec.get("hybrid")
+    if not isinstance(hybrid, dict) or not hybrid.get("test"):
+        return []
+    protocols = list(hybrid["test"])
+    methods = list(dict.fromkeys(m for p in protocols for m in hybrid["test"][p]))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(protocols))]
+        ys = [hybrid["test"][p].get(method, {}).get("ndcg", 0.0) for p in protocols]
+        ax.bar(xs, ys, width=width, label=method)
+    users = hybrid.get("users", {}).get("test", {})
+    ax.set_xticks(range(len(protocols)))
+    ax.set_xticklabels([f"{p.replace('_', ' ')} ({users.get(p, '?')} users)" for p in protocols])
+    ax.set(ylabel="NDCG@10 (test)", title="MovieLens: hybrid against its parts and baselines")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    return [_save(fig, plots / "recsys-hybrid.png")]

@@ -1,7 +1,8 @@
 """Plots and the README's results section, from the latest JSON record of each kind.
 
 ``python -m bench.report`` reads bench/results/ (throughput-*, int8-frontier-*, batching-*,
-scorer-*, recommend-batch-*, recsys-*, diversity-*, ray-*; any kind may be missing), draws
+scorer-*, recommend-batch-*, recsys-*, diversity-*, cf-scale-*, ray-*, serve-load-*; any kind may be
+missing), draws
 PNGs into
 bench/results/plots/ and rewrites README.md between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` (and nothing else; without the markers it prints the section).
@@ -21,20 +22,36 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
-from bench.plots import plot_frontier, plot_scorer, plot_throughput
+from bench.plots import plot_frontier, plot_hybrid, plot_scorer, plot_throughput
+from bench.throughput.sections import (
+    SHARE_HEADER,
+    fusion_section,
+    headline,
+    isa_line,
+    long_text_line,
+    peak_section,
+    share_cells,
+    startup_section,
+)
 from bertrec.core import atomic_write_bytes
 
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 KINDS = (
     "throughput",
+    "peak",
+    "startup",
     "int8-frontier",
     "batching",
+    "batching-long",
+    "fusion",
     "scorer",
     "recommend-batch",
     "recsys",
     "diversity",
+    "cf-scale",
     "ray",
+    "serve-load",
 )
 REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
@@ -79,6 +96,18 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
         f"full run {_fmt(rec.get('elapsed_s'))} s). Machine: {machine_line(rec['machine'])}. "
         f"Threads: {rec['threads'].get('torch_intra_op')} for every system "
         "(torch = ONNX Runtime intra-op = OpenVINO).",
+        "",
+        isa_line(rec["machine"])
+        + (
+            "; GEMM peaks measured at the start of the run (GFLOP/s): "
+            + ", ".join(
+                f"{k} {_fmt(v.get('gflops'))} ({v.get('library')})"
+                for k, v in rec["peak"].get("by_precision", {}).items()
+            )
+            if rec.get("peak")
+            else ""
+        )
+        + ".",
     ]
     load = rec["machine"].get("loadavg_at_start")
     if load:
@@ -91,7 +120,9 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
     for name, shape in rec["shapes"].items():
         s = shape["settings"]
         lines += ["", f"**{name}** ({_shape_title(name)})", ""]
-        if name == "minilm":
+        if shape.get("workload") == "long":
+            lines.append(long_text_line(rec, shape))
+        elif name == "minilm":
             lines.append(
                 f"{s['texts']} texts: {by.get('item_text', '?')} MovieLens item texts (title, "
                 f"genres, tags), {by.get('title', '?')} titles, {by.get('paragraph', '?')} "
@@ -112,8 +143,12 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
                 f" tokens; medians of {rec['settings']['repeats']} interleaved runs."
             )
         lines.append("")
-        header = ["system", "best setting", "sentences/s", "tokens/s", "× ST fp32", "bs 32 /s",
-                  "× ST fp32 @32"]  # fmt: skip
+        bs = s.get("common_batch") or rec["settings"].get("common_batch", 32)
+        header = ["system", "best setting", "sentences/s", "tokens/s", "× ST fp32", f"bs {bs} /s",
+                  f"× ST fp32 @{bs}"]  # fmt: skip
+        has_share = any("share_of_peak" in e.get("best", {}) for e in shape["systems"].values())
+        if has_share:
+            header += SHARE_HEADER
         if s.get("latency_texts"):
             header += ["p50 / p99 ms (batch 1)"]
         if s.get("fidelity"):
@@ -135,6 +170,8 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
                 _fmt(common.get("sentences_per_s")),
                 _fmt(e.get("ratio_common_to_st_fp32"), ".2f"),
             ]
+            if has_share:
+                row += share_cells(e)
             if s.get("latency_texts"):
                 lat = e.get("latency_batch1", {})
                 row.append(f"{_fmt(lat.get('p50_ms'), '.1f')} / {_fmt(lat.get('p99_ms'), '.1f')}")
@@ -164,6 +201,7 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
             if info.get("int8_export_refused") and sys_name == "bertrec-ort-fp32":
                 notes.append(f"- bertrec int8 export refused: {info['int8_export_refused']}")
         lines += _md_table(header, rows)
+        notes = headline(shape) + notes
         if name == "minilm":
             notes.append(
                 "- Figures from one run on a shared 2-core VM whose speed moves between (and "
@@ -179,6 +217,8 @@ def _shape_title(name: str) -> str:
     return {
         "minilm": "all-MiniLM-L6-v2, 6 layers, 384 hidden",
         "bert-base": "bert-base-sized BertConfig, 12 layers, 768 hidden, random weights",
+        "minilm-long": "all-MiniLM-L6-v2, long texts, max_length 256",
+        "bert-base-long": "bert-base-sized, random weights, long texts, max_length 512",
     }.get(name, name)
 
 
@@ -221,10 +261,12 @@ def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
 
 def batching_section(rec: dict[str, Any], src: str) -> list[str]:
     s = rec.get("settings", {})
+    long = s.get("workload") == "long"
     lines = [
-        "### Token-budget batching",
+        "### Token-budget batching" + (", long texts" if long else ""),
         "",
-        f"`python -m bench.token_budget`, record `{src}`: {s.get('texts')} texts, "
+        f"`python -m bench.token_budget{' --workload long' if long else ''}`, record `{src}`: "
+        f"{s.get('texts')} {'long ' if long else ''}texts, "
         f"{s.get('backend')} {s.get('precision')}, mean {_fmt(rec.get('mean_tokens'), '.1f')} "
         f"tokens. Best budget: {rec.get('best_budget')}; "
         f"{_fmt(rec.get('budget_vs_best_fixed'), '.2f')}× the best fixed batch size.",
@@ -378,6 +420,111 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
             return _fmt(v, ".4g")
 
         lines += ["", "Acceptance: " + "; ".join(f"{k} {val(v)}" for k, v in acc.items())]
+    return lines + hybrid_lines(rec.get("hybrid"))
+
+
+def hybrid_lines(h: Any) -> list[str]:
+    """The hybrid part of a recsys record: every method on each protocol, the tuning, the
+    diversity re-ranking of the hybrid and the acceptance lines."""
+    if not isinstance(h, dict) or not h.get("test"):
+        return []
+    users = h.get("users", {}).get("test", {})
+    lines = [
+        "",
+        "#### Hybrid recommendation (content + collaborative)",
+        "",
+        "Same run and test split. Protocols: "
+        + "; ".join(f"**{k}**: {v}" for k, v in h.get("protocols", {}).items())
+        + ". Inputs: "
+        + "; ".join(f"{k}: {v}" for k, v in h.get("inputs", {}).items())
+        + ". Every setting tuned on the validation split.",
+        "",
+    ]
+    rows = []
+    for protocol, methods in h["test"].items():
+        for method, m in methods.items():
+            rows.append(
+                [
+                    f"{protocol} ({users.get(protocol, '?')})",
+                    method,
+                    _fmt(m.get("ndcg"), ".4f"),
+                    _fmt(m.get("recall"), ".4f"),
+                    _fmt(m.get("diversity"), ".3f"),
+                    _fmt(m.get("genre_coverage"), ".3f"),
+                    _fmt(m.get("coverage"), ".3f"),
+                ]
+            )
+    header = ["protocol (users)", "method", "NDCG", "recall", "ILD", "genre coverage", "coverage"]
+    lines += _md_table(header, rows)
+    pick = h.get("tuning", {}).get("hybrid", {}).get("pick", {})
+    lines += [
+        "",
+        f"Hybrid pick: collab {pick.get('collab')}, settings {pick.get('settings')}; EASE "
+        f"{h.get('tuning', {}).get('ease', {}).get('pick')}, ALS "
+        f"{h.get('tuning', {}).get('als', {}).get('pick')}. Library defaults are the pick: "
+        f"{h.get('defaults_are_pick')}.",
+    ]
+    div = [r for r in h.get("diversity_sweep") or [] if isinstance(r.get("test"), dict)]
+    if div:
+        lines += [
+            "",
+            "Diversity re-ranking of the hybrid (warm protocol), change against none:",
+            "",
+        ]
+
+        def pct(r: dict[str, Any], split: str, key: str) -> str:
+            return _fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
+
+        lines += _md_table(
+            ["diversity", "validation NDCG", "test NDCG", "test ILD", "test genre coverage"],
+            [
+                [
+                    _fmt(r.get("mmr_diversity"), ".2f"),
+                    pct(r, "validation", "ndcg_change"),
+                    pct(r, "test", "ndcg_change"),
+                    pct(r, "test", "diversity_change"),
+                    pct(r, "test", "genre_coverage_change"),
+                ]
+                for r in div
+            ],
+        )
+        lines += ["", f"Validation pick for the hybrid: {h.get('diversity_pick')}."]
+    acc = h.get("acceptance") or {}
+    if acc:
+
+        def val(v: Any) -> str:
+            if isinstance(v, list):
+                return "[" + ", ".join(_fmt(x, ".3f") for x in v) + "]"
+            return _fmt(v, ".4g")
+
+        lines += ["", "Acceptance: " + "; ".join(f"{k} {val(v)}" for k, v in acc.items())]
+    return lines
+
+
+def cf_scale_section(rec: dict[str, Any], src: str) -> list[str]:
+    st, acc = rec.get("settings", {}), rec.get("acceptance", {})
+    lines = [
+        "### Collaborative model at scale",
+        "",
+        f"`python -m bench.cf_scale`, record `{src}`: synthetic {_fmt(st.get('items'), ',')} "
+        f"items (dim {st.get('dim')}), {_fmt(st.get('interactions'), ',')} interactions, "
+        f"{_fmt(st.get('users'), ',')} users; model `{st.get('model')}`. Fit "
+        f"{_fmt(rec.get('fit_s'), '.1f')} s, peak RSS {_fmt(rec.get('peak_rss_gib'), '.2f')} "
+        f"GiB. Machine: {machine_line(rec.get('machine', {}))}.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            _fmt(lat.get("p50_ms"), ".1f"),
+            _fmt(lat.get("p90_ms"), ".1f"),
+            _fmt(lat.get("p99_ms"), ".1f"),
+        ]
+        for name, lat in rec.get("latency", {}).items()
+    ]
+    lines += _md_table(["recommend (one user)", "p50 ms", "p90 ms", "p99 ms"], rows)
+    if acc:
+        lines += ["", "Acceptance: " + "; ".join(f"{k} {_fmt(v, '.4g')}" for k, v in acc.items())]
     return lines
 
 
@@ -455,6 +602,77 @@ def ray_section(rec: dict[str, Any], src: str) -> list[str]:
     return lines + _md_table(["engine", "workers", "threads", "rows", "rows/s"], rows)
 
 
+def serve_section(rec: dict[str, Any], src: str) -> list[str]:
+    off = rec.get("offline", {})
+    systems = rec.get("systems", {})
+    names = [str(level[0]) for level in rec.get("settings", {}).get("levels", [])]
+    st = rec.get("settings", {})
+    lines = [
+        "### Serving under load",
+        "",
+        f"`python -m bench.serve_load`, record `{src}` ({machine_line(rec.get('machine', {}))}"
+        f"): closed-loop clients on loopback, {_fmt(st.get('duration_s'), '.0f')} s per level, "
+        "interleaved across servers. Offline `Encoder.encode` on the same texts: "
+        f"{_fmt(off.get('sentences_per_s'))} sentences/s; a bare `encode([text])` call: "
+        f"p50 {_fmt(off.get('bare_encode_1', {}).get('p50_ms'), '.1f')} ms.",
+        "",
+    ]
+    shown = [s for s, e in systems.items() if e.get("levels")]
+    what = ("sentences/s", "p99 ms", "CPU ms/sentence")
+    header = ["load"] + [f"{s} {w}" for s in shown for w in what]
+    rows = []
+    for name in names:
+        row = [name]
+        for system in shown:
+            r = next((x for x in systems[system]["levels"] if x.get("level") == name), {})
+            row += [
+                _fmt(r.get("sentences_per_s")),
+                _fmt(r.get("p99_ms"), ".0f"),
+                _fmt(r.get("server_cpu_ms_per_sentence"), ".2f"),
+            ]
+        rows.append(row)
+    lines += _md_table(header, rows)
+    skipped = [f"{s}: {e.get('why', '')[:120]}" for s, e in systems.items() if not e.get("levels")]
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(skipped) + "."]
+    verdicts = [
+        f"{name} {'met' if a.get('met') else '**not met**'} "
+        f"({_fmt(a.get('value'), '.6f' if '0.9999' in str(a.get('bar')) else '.3g')}, "
+        f"bar {a.get('bar')})"
+        for name, a in rec.get("acceptance", {}).items()
+        if not isinstance(a.get("value"), dict)
+    ]
+    others = [
+        f"{name} {'met' if a.get('met') else '**not met**'}"
+        for name, a in rec.get("acceptance", {}).items()
+        if isinstance(a.get("value"), dict)
+    ]
+    lines += [
+        "",
+        "CPU ms/sentence is the server process's CPU time per sentence: what a level costs "
+        "it whatever else the machine runs (sentences/s moves with the load around it: load "
+        f"average {rec.get('machine', {}).get('loadavg_at_start')} at the start, "
+        f"{rec.get('loadavg_at_end')} at the end).",
+        "",
+        "Acceptance: " + "; ".join(verdicts + others) + ".",
+    ]
+    soak = rec.get("checks", {}).get("soak")
+    if soak:
+        lines += [
+            "",
+            f"Soak: {_fmt(soak.get('seconds'), '.0f')} s at concurrency "
+            f"{soak.get('concurrency')}, {soak.get('errors')} errors, RSS "
+            f"{_fmt(soak.get('rss_mb_start'))} -> {_fmt(soak.get('rss_mb_end'))} MB.",
+        ]
+    return lines
+
+
+def _plot_serve(rec: dict[str, Any], plots: Path) -> list[Path]:
+    from bench.serve_load import plot_serve  # imports the load generator (aiohttp)
+
+    return plot_serve(rec, plots)
+
+
 def generic_section(kind: str, rec: dict[str, Any], src: str) -> list[str]:
     """Key figures of a record whose layout this report does not know: its top-level
     numbers and the numeric columns of its first list of rows."""
@@ -482,26 +700,40 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "throughput": throughput_section,
     "int8-frontier": frontier_section,
     "batching": batching_section,
+    "batching-long": batching_section,
+    "peak": peak_section,
+    "startup": startup_section,
+    "fusion": fusion_section,
     "scorer": scorer_section,
     "recommend-batch": recommend_batch_section,
     "recsys": recsys_section,
     "diversity": diversity_section,
+    "cf-scale": cf_scale_section,
     "ray": ray_section,
+    "serve-load": serve_section,
 }
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "throughput": plot_throughput,
     "int8-frontier": plot_frontier,
     "scorer": plot_scorer,
+    "serve-load": _plot_serve,
+    "recsys": plot_hybrid,
 }
 COMMANDS = {
     "throughput": "python -m bench.throughput",
     "int8-frontier": "python -m bench.int8_frontier",
     "batching": "python -m bench.token_budget",
+    "batching-long": "python -m bench.token_budget --workload long",
+    "peak": "python -m bench.peak",
+    "startup": "python -m bench.startup",
+    "fusion": "python -m bench.attention_fusion",
     "scorer": "python -m bench.scorer",
     "recommend-batch": "python -m bench.recommend_batch",
     "recsys": "python -m bench.recsys_eval",
     "diversity": "python -m bench.diversity_frontier",
+    "cf-scale": "python -m bench.cf_scale",
     "ray": "python -m bench.ray_overhead",
+    "serve-load": "python -m bench.serve_load",
 }
 
 

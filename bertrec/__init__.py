@@ -25,7 +25,7 @@ from bertrec.errors import (
     ValidationFailedError,
 )
 from bertrec.rank import CosineRanker, TopK
-from bertrec.recommend import ItemCatalog, Recommender
+from bertrec.recommend import CollabSettings, Explanation, ItemCatalog, Recommender
 from bertrec.runtime.encoder import Encoder
 from bertrec.runtime.manifest import Manifest, Variant, read_manifest
 
@@ -36,9 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BertrecError",
+    "CollabSettings",
     "ConfigError",
     "CosineRanker",
     "Encoder",
+    "Explanation",
     "FileFormatError",
     "InputTypeError",
     "InputValueError",

@@ -67,7 +67,9 @@ class _RecommendWorker:
 
     On Ray, ``catalog`` is a one-element list holding the ``ray.put`` reference of the
     catalog's vectors, ids, popularity and identity: every actor on a node maps the same
-    object-store copy (read-only, zero-copy) instead of reading the store from disk.
+    object-store copy (read-only, zero-copy) instead of reading the store from disk. A
+    hybrid store (a fitted collaborative model) is loaded from ``store`` instead, which must
+    then be at the same path on every node, like the input and the output.
     """
 
     def __init__(
@@ -75,8 +77,11 @@ class _RecommendWorker:
         spec: _RecommendSpec,
         catalog: list[Any] | None = None,
         recommender: Recommender | None = None,
+        store: str | None = None,
     ) -> None:
         self.spec = spec
+        if recommender is None and store is not None:
+            recommender = Recommender.load(store)
         if recommender is None:
             if not catalog:
                 raise ConfigError("a recommend worker needs a catalog or a recommender")
@@ -332,7 +337,11 @@ def recommend_dataset(
         record,
         lambda: stage_input(out, schema, shard_rows, rows()),
         lambda: _RecommendWorker(spec, recommender=rec),
-        lambda: (_RecommendWorker, {"spec": spec, "catalog": ray_catalog()}),
+        lambda: (
+            (_RecommendWorker, {"spec": spec, "store": str(Path(store).resolve())})
+            if rec.model is not None
+            else (_RecommendWorker, {"spec": spec, "catalog": ray_catalog()})
+        ),
         engine,
         progress,
         "recommend",

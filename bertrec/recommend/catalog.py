@@ -282,6 +282,16 @@ class ItemCatalog:
             variant=self.variant,
         )
 
+    def with_popularity(self, popularity: ArrayLike) -> ItemCatalog:
+        """This catalog (sharing its vectors) with other popularity counts."""
+        return ItemCatalog(
+            self.vectors,
+            self.ids,
+            popularity,
+            fingerprint=self.fingerprint,
+            variant=self.variant,
+        )
+
     def check_encoder(self, encoder: TextEncoder) -> None:
         """Refuse an encoder of another model; warn when it runs another precision variant
         (its vectors are close to the catalog's, not equal).
@@ -317,14 +327,16 @@ class ItemCatalog:
         path: str | os.PathLike[str],
         overwrite: bool = False,
         extra: dict[str, bytes] | None = None,
+        arrays: dict[str, NDArray[Any]] | None = None,
     ) -> Path:
         """Write the catalog to a directory, atomically.
 
         The directory holds ``catalog.json`` (schema, size, model fingerprint and variant),
         ``vectors.npy`` (unit-norm float32, memory-mappable), ``ids.json`` and
-        ``popularity.npy`` (when there is popularity), plus any ``extra`` files (the
-        Recommender adds its settings). It is built beside ``path`` and renamed into place,
-        so ``path`` is the complete old or the complete new directory.
+        ``popularity.npy`` (when there is popularity), plus any ``extra`` files and
+        ``arrays`` (as ``.npy``; the Recommender adds its settings and fitted model). It is
+        built beside ``path`` and renamed into place, so ``path`` is the complete old or the
+        complete new directory.
 
         Raises:
             OutputError: ``path`` exists and ``overwrite`` is False, or it cannot be written.
@@ -348,6 +360,8 @@ class ItemCatalog:
                 np.save(tmp / VECTORS_NAME, np.ascontiguousarray(self.vectors))
                 if self._popularity is not None:
                     np.save(tmp / POPULARITY_NAME, self._popularity)
+                for name, arr in (arrays or {}).items():
+                    np.save(tmp / name, np.ascontiguousarray(arr))
             except OSError as exc:
                 raise output_error(target, exc) from exc
             atomic_write_bytes(tmp / IDS_NAME, json.dumps(ids).encode("utf-8"))

@@ -284,3 +284,43 @@ def test_recommend_on_ray_matches_in_process(
         assert a["items"] == b["items"]
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6)
     assert sorted(files_of(out)) == sorted(files_of(recs_in_process))
+
+
+def test_hybrid_store_on_ray_keeps_its_collaborative_model(
+    local_ray: Any,
+    tiny_model_dir: Path,
+    item_texts: list[str],
+    users_input: Path,
+    tmp_path: Path,
+) -> None:
+    """A store with a fitted collaborative model: in-process and Ray jobs both score with it
+    (Ray actors load the store itself, not only its catalog)."""
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(1)
+    ids = list(range(1000, 1000 + N_ITEMS))
+    interactions = [(u, ids[int(i)]) for u in range(60) for i in rng.choice(N_ITEMS, 8)]
+    hybrid = Recommender(
+        Encoder(tiny_model_dir, device="cpu"),
+        item_texts[:N_ITEMS],
+        ids,
+        interactions=interactions,
+    )
+    store = hybrid.save(tmp_path / "hybrid")
+    local = recommend_dataset(users_input, tmp_path / "a", store, k=K, shard_rows=SHARD_ROWS)
+    ray_run = recommend_dataset(
+        users_input, tmp_path / "b", store, k=K, shard_rows=SHARD_ROWS, ray_address="local"
+    )
+    assert local.written == ray_run.written > 0
+    a = pq.read_table(tmp_path / "a").to_pylist()
+    b = pq.read_table(tmp_path / "b").to_pylist()
+    loaded = Recommender.load(store)
+    for x, y in zip(a, b, strict=True):
+        assert x["items"] == y["items"]
+        np.testing.assert_allclose(x["scores"], y["scores"], atol=1e-6)
+    first = next(r for r in a if r["items"])
+    history = next(
+        json.loads(line)["history"]
+        for line in users_input.read_text().splitlines()
+        if json.loads(line)["user_id"] == first["user_id"]
+    )
+    assert [i for i, _ in loaded.recommend(history, k=K)] == first["items"]

@@ -36,7 +36,7 @@ def test_encode_save_load_round_trip(tmp_path: Path) -> None:
     assert (loaded.fingerprint, loaded.variant) == (cat.fingerprint, cat.variant)
     assert _is_memory_mapped(loaded.vectors)
     np.testing.assert_array_equal(loaded.vectors, cat.vectors)
-    np.testing.assert_array_equal(loaded.popularity, [3, 0, 1])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(loaded.popularity, [3, 0, 1])
     assert loaded.rows_of(["z", "x"]).tolist() == [2, 0]
     with pytest.raises(OutputError, match="overwrite=True"):
         cat.save(tmp_path / "cat")

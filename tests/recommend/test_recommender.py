@@ -216,7 +216,7 @@ def test_save_load_round_trip(rec: Recommender, enc: FakeEncoder, tmp_path: Path
     assert loaded.settings() == rec.settings()
     for history in ([101, 102], [], [129]):
         assert loaded.recommend(history, k=5) == rec.recommend(history, k=5)
-    np.testing.assert_array_equal(loaded.popularity, POP)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(loaded.popularity, POP)
     in_memory = Recommender.load(path, enc, mmap=False)
     assert not _is_memory_mapped(in_memory.vectors)
     assert in_memory.recommend([101]) == rec.recommend([101])
