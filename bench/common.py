@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import inspect
 import json
+import math
 import os
 import platform
 import random
@@ -480,3 +481,18 @@ def median(values: Sequence[float]) -> float:
 def log(msg: str) -> None:
     """Progress to stderr, so stdout keeps only the table."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def fmt(x: Any, spec: str = ".0f") -> str:
+    """A figure for a README table: ``–`` for a missing or non-finite number."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "–" if x is None else str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return "–"
+    return format(x, spec)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]

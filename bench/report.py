@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS_DIR, latest_record, machine_line
+from bench.common import REPO, RESULTS_DIR, fmt, latest_record, machine_line, md_table
 from bench.plots import plot_frontier, plot_hybrid, plot_scorer, plot_throughput
 from bench.throughput.sections import (
     SHARE_HEADER,
@@ -56,20 +56,6 @@ KINDS = (
 REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
 
-def _fmt(x: Any, spec: str = ".0f") -> str:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return "–" if x is None else str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return "–"
-    return format(x, spec)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
-
-
 def _when(rec: dict[str, Any]) -> str:
     """A record's ``written_utc`` (``YYYYMMDDTHHMMSSZ``) as ``YYYY-MM-DD HH:MM UTC``."""
     w = str(rec.get("written_utc", ""))
@@ -93,7 +79,7 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
         "### Encode throughput",
         "",
         f"`python -m bench.throughput`, record `{src}` ({_when(rec)}, "
-        f"full run {_fmt(rec.get('elapsed_s'))} s). Machine: {machine_line(rec['machine'])}. "
+        f"full run {fmt(rec.get('elapsed_s'))} s). Machine: {machine_line(rec['machine'])}. "
         f"Threads: {rec['threads'].get('torch_intra_op')} for every system "
         "(torch = ONNX Runtime intra-op = OpenVINO).",
         "",
@@ -101,7 +87,7 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
         + (
             "; GEMM peaks measured at the start of the run (GFLOP/s): "
             + ", ".join(
-                f"{k} {_fmt(v.get('gflops'))} ({v.get('library')})"
+                f"{k} {fmt(v.get('gflops'))} ({v.get('library')})"
                 for k, v in rec["peak"].get("by_precision", {}).items()
             )
             if rec.get("peak")
@@ -164,23 +150,23 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
             row = [
                 f"{e['label']}",
                 best.get("config", "–"),
-                _fmt(best.get("sentences_per_s")),
-                _fmt(best.get("tokens_per_s")),
-                _fmt(e.get("ratio_best_to_st_fp32"), ".2f"),
-                _fmt(common.get("sentences_per_s")),
-                _fmt(e.get("ratio_common_to_st_fp32"), ".2f"),
+                fmt(best.get("sentences_per_s")),
+                fmt(best.get("tokens_per_s")),
+                fmt(e.get("ratio_best_to_st_fp32"), ".2f"),
+                fmt(common.get("sentences_per_s")),
+                fmt(e.get("ratio_common_to_st_fp32"), ".2f"),
             ]
             if has_share:
                 row += share_cells(e)
             if s.get("latency_texts"):
                 lat = e.get("latency_batch1", {})
-                row.append(f"{_fmt(lat.get('p50_ms'), '.1f')} / {_fmt(lat.get('p99_ms'), '.1f')}")
+                row.append(f"{fmt(lat.get('p50_ms'), '.1f')} / {fmt(lat.get('p99_ms'), '.1f')}")
             if s.get("fidelity"):
                 fid = e.get("fidelity", {})
                 row += [
-                    _fmt(fid.get("mean_cos"), ".5f"),
-                    _fmt(fid.get("p1_cos"), ".4f"),
-                    _fmt(fid.get("min_cos"), ".4f"),
+                    fmt(fid.get("mean_cos"), ".5f"),
+                    fmt(fid.get("p1_cos"), ".4f"),
+                    fmt(fid.get("min_cos"), ".4f"),
                 ]
             rows.append(row)
             if e.get("status") == "failed":
@@ -200,7 +186,7 @@ def throughput_section(rec: dict[str, Any], src: str) -> list[str]:
                 )
             if info.get("int8_export_refused") and sys_name == "bertrec-ort-fp32":
                 notes.append(f"- bertrec int8 export refused: {info['int8_export_refused']}")
-        lines += _md_table(header, rows)
+        lines += md_table(header, rows)
         notes = headline(shape) + notes
         if name == "minilm":
             notes.append(
@@ -230,19 +216,19 @@ def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
         "### INT8 speed / accuracy frontier",
         "",
         f"`python -m bench.int8_frontier`, record `{src}`; sentences/s and × ST fp32 at its "
-        f"best batch size ({_fmt(rec.get('st_fp32_best'))} sentences/s), cosine vs ST fp32.",
+        f"best batch size ({fmt(rec.get('st_fp32_best'))} sentences/s), cosine vs ST fp32.",
         "",
     ]
     rows = [
         [
             str(r.get("recipe")),
-            _fmt(r.get("sentences_per_s")),
-            _fmt(r.get("ratio_to_st_fp32"), ".2f"),
-            _fmt(r.get("mean_cos"), ".4f"),
-            _fmt(r.get("p1_cos"), ".4f"),
-            _fmt(r.get("min_cos"), ".4f"),
-            _fmt(r.get("invariance_min_cos"), ".6f"),
-            _fmt(r.get("size_ratio"), ".0%"),
+            fmt(r.get("sentences_per_s")),
+            fmt(r.get("ratio_to_st_fp32"), ".2f"),
+            fmt(r.get("mean_cos"), ".4f"),
+            fmt(r.get("p1_cos"), ".4f"),
+            fmt(r.get("min_cos"), ".4f"),
+            fmt(r.get("invariance_min_cos"), ".6f"),
+            fmt(r.get("size_ratio"), ".0%"),
         ]
         for r in rec.get("rows", [])
     ]
@@ -256,7 +242,7 @@ def frontier_section(rec: dict[str, Any], src: str) -> list[str]:
         "alone vs batch min cos",
         "size",
     ]
-    return lines + _md_table(header, rows)
+    return lines + md_table(header, rows)
 
 
 def batching_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -267,16 +253,16 @@ def batching_section(rec: dict[str, Any], src: str) -> list[str]:
         "",
         f"`python -m bench.token_budget{' --workload long' if long else ''}`, record `{src}`: "
         f"{s.get('texts')} {'long ' if long else ''}texts, "
-        f"{s.get('backend')} {s.get('precision')}, mean {_fmt(rec.get('mean_tokens'), '.1f')} "
+        f"{s.get('backend')} {s.get('precision')}, mean {fmt(rec.get('mean_tokens'), '.1f')} "
         f"tokens. Best budget: {rec.get('best_budget')}; "
-        f"{_fmt(rec.get('budget_vs_best_fixed'), '.2f')}× the best fixed batch size.",
+        f"{fmt(rec.get('budget_vs_best_fixed'), '.2f')}× the best fixed batch size.",
         "",
     ]
     rows = [
-        [str(r.get("config")), _fmt(r.get("sentences_per_s")), _fmt(r.get("tokens_per_s"))]
+        [str(r.get("config")), fmt(r.get("sentences_per_s")), fmt(r.get("tokens_per_s"))]
         for r in rec.get("rows", [])
     ]
-    return lines + _md_table(["setting", "sentences/s", "tokens/s"], rows)
+    return lines + md_table(["setting", "sentences/s", "tokens/s"], rows)
 
 
 def scorer_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -288,17 +274,17 @@ def scorer_section(rec: dict[str, Any], src: str) -> list[str]:
             [
                 f"{r.get('n', 0):,}",
                 str(r.get("queries")),
-                _fmt(m.get("bertrec", math.nan) * 1e3, ".2f"),
-                _fmt(m.get("faiss_flatip", math.nan) * 1e3, ".2f"),
-                _fmt(m.get("naive_sort", math.nan) * 1e3, ".2f"),
-                _fmt(r.get("speedup_vs_faiss"), ".2f"),
-                _fmt(r.get("agreement_with_faiss"), ".3f"),
-                _fmt(m.get("bertrec", math.nan) / m.get("bare_gemv", math.nan), ".2f"),
+                fmt(m.get("bertrec", math.nan) * 1e3, ".2f"),
+                fmt(m.get("faiss_flatip", math.nan) * 1e3, ".2f"),
+                fmt(m.get("naive_sort", math.nan) * 1e3, ".2f"),
+                fmt(r.get("speedup_vs_faiss"), ".2f"),
+                fmt(r.get("agreement_with_faiss"), ".3f"),
+                fmt(m.get("bertrec", math.nan) / m.get("bare_gemv", math.nan), ".2f"),
             ]
         )
     header = ["catalog", "queries", "bertrec ms", "faiss ms", "naive ms", "× faiss", "agree"]
     header.append("÷ bare `catalog @ q`")
-    return lines + _md_table(header, rows)
+    return lines + md_table(header, rows)
 
 
 def recommend_batch_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -320,19 +306,19 @@ def recommend_batch_section(rec: dict[str, Any], src: str) -> list[str]:
         rows.append(
             [
                 name,
-                _fmt(c.get("users"), ","),
-                _fmt(c.get("users_per_run"), ","),
-                _fmt(c.get("items"), ","),
-                _fmt(c.get("history_mean"), ".1f"),
-                _fmt(runs.get("batch", {}).get("users_per_s"), ".1f"),
-                _fmt(runs.get("loop", {}).get("users_per_s"), ".1f"),
-                _fmt(c.get("batch_vs_loop"), ".2f"),
-                _fmt(check.get("max_score_diff"), ".1e"),
+                fmt(c.get("users"), ","),
+                fmt(c.get("users_per_run"), ","),
+                fmt(c.get("items"), ","),
+                fmt(c.get("history_mean"), ".1f"),
+                fmt(runs.get("batch", {}).get("users_per_s"), ".1f"),
+                fmt(runs.get("loop", {}).get("users_per_s"), ".1f"),
+                fmt(c.get("batch_vs_loop"), ".2f"),
+                fmt(check.get("max_score_diff"), ".1e"),
             ]
         )
     header = ["case", "users", "users per run", "items", "mean history", "batch users/s",
               "loop users/s", "batch ÷ loop", "max score diff"]  # fmt: skip
-    lines += _md_table(header, rows)
+    lines += md_table(header, rows)
     synthetic = rec.get("cases", {}).get("synthetic")
     if synthetic:
         lines += [
@@ -340,7 +326,7 @@ def recommend_batch_section(rec: dict[str, Any], src: str) -> list[str]:
             f"Synthetic: random unit vectors of dim {synthetic.get('dim')}, "
             f"{st.get('history')} random history items per user, popularity "
             f"{synthetic.get('popularity')}; each round times the next "
-            f"{_fmt(synthetic.get('users_per_run'), ',')} users. MovieLens: "
+            f"{fmt(synthetic.get('users_per_run'), ',')} users. MovieLens: "
             f"{rec['cases'].get('movielens', {}).get('history', 'the recsys_eval protocol')}.",
         ]
     return lines
@@ -359,17 +345,17 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
     rows = [
         [
             str(name),
-            _fmt(m.get("ndcg"), ".4f"),
-            _fmt(m.get("recall"), ".4f"),
-            _fmt(m.get("diversity"), ".3f"),
-            _fmt(m.get("coverage"), ".3f"),
-            _fmt(m.get("vs_popularity"), ".3f"),
+            fmt(m.get("ndcg"), ".4f"),
+            fmt(m.get("recall"), ".4f"),
+            fmt(m.get("diversity"), ".3f"),
+            fmt(m.get("coverage"), ".3f"),
+            fmt(m.get("vs_popularity"), ".3f"),
         ]
         for name, m in rec.get("test", {}).items()
         if isinstance(m, dict)
     ]
     header = ["method", "NDCG", "recall", "diversity", "coverage", "NDCG × popularity"]
-    lines += _md_table(header, rows)
+    lines += md_table(header, rows)
     mmr = [r for r in rec.get("mmr_sweep") or [] if isinstance(r.get("test"), dict)]
     if mmr:
         lines += [
@@ -381,9 +367,9 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
         ]
 
         def pct(r: dict[str, Any], split: str, key: str) -> str:
-            return _fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
+            return fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
 
-        lines += _md_table(
+        lines += md_table(
             [
                 "diversity",
                 "validation NDCG change",
@@ -395,12 +381,12 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
             ],
             [
                 [
-                    _fmt(r.get("mmr_diversity"), ".2f"),
+                    fmt(r.get("mmr_diversity"), ".2f"),
                     pct(r, "validation", "ndcg_change"),
                     pct(r, "validation", "diversity_change"),
-                    _fmt(r["test"].get("ndcg"), ".4f"),
+                    fmt(r["test"].get("ndcg"), ".4f"),
                     pct(r, "test", "ndcg_change"),
-                    _fmt(r["test"].get("diversity"), ".3f"),
+                    fmt(r["test"].get("diversity"), ".3f"),
                     pct(r, "test", "diversity_change"),
                 ]
                 for r in mmr
@@ -416,8 +402,8 @@ def recsys_section(rec: dict[str, Any], src: str) -> list[str]:
 
         def val(v: Any) -> str:
             if isinstance(v, list):  # a confidence interval
-                return "[" + ", ".join(_fmt(x, "+.2%") for x in v) + "]"
-            return _fmt(v, ".4g")
+                return "[" + ", ".join(fmt(x, "+.2%") for x in v) + "]"
+            return fmt(v, ".4g")
 
         lines += ["", "Acceptance: " + "; ".join(f"{k} {val(v)}" for k, v in acc.items())]
     return lines + hybrid_lines(rec.get("hybrid"))
@@ -447,15 +433,15 @@ def hybrid_lines(h: Any) -> list[str]:
                 [
                     f"{protocol} ({users.get(protocol, '?')})",
                     method,
-                    _fmt(m.get("ndcg"), ".4f"),
-                    _fmt(m.get("recall"), ".4f"),
-                    _fmt(m.get("diversity"), ".3f"),
-                    _fmt(m.get("genre_coverage"), ".3f"),
-                    _fmt(m.get("coverage"), ".3f"),
+                    fmt(m.get("ndcg"), ".4f"),
+                    fmt(m.get("recall"), ".4f"),
+                    fmt(m.get("diversity"), ".3f"),
+                    fmt(m.get("genre_coverage"), ".3f"),
+                    fmt(m.get("coverage"), ".3f"),
                 ]
             )
     header = ["protocol (users)", "method", "NDCG", "recall", "ILD", "genre coverage", "coverage"]
-    lines += _md_table(header, rows)
+    lines += md_table(header, rows)
     pick = h.get("tuning", {}).get("hybrid", {}).get("pick", {})
     lines += [
         "",
@@ -473,13 +459,13 @@ def hybrid_lines(h: Any) -> list[str]:
         ]
 
         def pct(r: dict[str, Any], split: str, key: str) -> str:
-            return _fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
+            return fmt(100 * r[split].get(key, math.nan), "+.1f") + " %"
 
-        lines += _md_table(
+        lines += md_table(
             ["diversity", "validation NDCG", "test NDCG", "test ILD", "test genre coverage"],
             [
                 [
-                    _fmt(r.get("mmr_diversity"), ".2f"),
+                    fmt(r.get("mmr_diversity"), ".2f"),
                     pct(r, "validation", "ndcg_change"),
                     pct(r, "test", "ndcg_change"),
                     pct(r, "test", "diversity_change"),
@@ -494,8 +480,8 @@ def hybrid_lines(h: Any) -> list[str]:
 
         def val(v: Any) -> str:
             if isinstance(v, list):
-                return "[" + ", ".join(_fmt(x, ".3f") for x in v) + "]"
-            return _fmt(v, ".4g")
+                return "[" + ", ".join(fmt(x, ".3f") for x in v) + "]"
+            return fmt(v, ".4g")
 
         lines += ["", "Acceptance: " + "; ".join(f"{k} {val(v)}" for k, v in acc.items())]
     return lines
@@ -506,25 +492,25 @@ def cf_scale_section(rec: dict[str, Any], src: str) -> list[str]:
     lines = [
         "### Collaborative model at scale",
         "",
-        f"`python -m bench.cf_scale`, record `{src}`: synthetic {_fmt(st.get('items'), ',')} "
-        f"items (dim {st.get('dim')}), {_fmt(st.get('interactions'), ',')} interactions, "
-        f"{_fmt(st.get('users'), ',')} users; model `{st.get('model')}`. Fit "
-        f"{_fmt(rec.get('fit_s'), '.1f')} s, peak RSS {_fmt(rec.get('peak_rss_gib'), '.2f')} "
+        f"`python -m bench.cf_scale`, record `{src}`: synthetic {fmt(st.get('items'), ',')} "
+        f"items (dim {st.get('dim')}), {fmt(st.get('interactions'), ',')} interactions, "
+        f"{fmt(st.get('users'), ',')} users; model `{st.get('model')}`. Fit "
+        f"{fmt(rec.get('fit_s'), '.1f')} s, peak RSS {fmt(rec.get('peak_rss_gib'), '.2f')} "
         f"GiB. Machine: {machine_line(rec.get('machine', {}))}.",
         "",
     ]
     rows = [
         [
             name,
-            _fmt(lat.get("p50_ms"), ".1f"),
-            _fmt(lat.get("p90_ms"), ".1f"),
-            _fmt(lat.get("p99_ms"), ".1f"),
+            fmt(lat.get("p50_ms"), ".1f"),
+            fmt(lat.get("p90_ms"), ".1f"),
+            fmt(lat.get("p99_ms"), ".1f"),
         ]
         for name, lat in rec.get("latency", {}).items()
     ]
-    lines += _md_table(["recommend (one user)", "p50 ms", "p90 ms", "p99 ms"], rows)
+    lines += md_table(["recommend (one user)", "p50 ms", "p90 ms", "p99 ms"], rows)
     if acc:
-        lines += ["", "Acceptance: " + "; ".join(f"{k} {_fmt(v, '.4g')}" for k, v in acc.items())]
+        lines += ["", "Acceptance: " + "; ".join(f"{k} {fmt(v, '.4g')}" for k, v in acc.items())]
     return lines
 
 
@@ -536,8 +522,8 @@ def diversity_section(rec: dict[str, Any], src: str) -> list[str]:
         "",
         f"`python -m bench.diversity_frontier`, record `{src}`: {st.get('users')} users per "
         f"split, {st.get('pool')} candidates each. Intra-list diversity change at "
-        f"-{_fmt(100 * loss, '.0f')} % NDCG@10, interpolated on each variant's frontier "
-        f"(target +{_fmt(100 * target, '.0f')} %):",
+        f"-{fmt(100 * loss, '.0f')} % NDCG@10, interpolated on each variant's frontier "
+        f"(target +{fmt(100 * target, '.0f')} %):",
         "",
     ]
     splits = rec.get("splits", {})
@@ -548,28 +534,28 @@ def diversity_section(rec: dict[str, Any], src: str) -> list[str]:
         g = v.get("gain_at_loss")
         if g is None:
             return "not reached"
-        return _fmt(100 * g, "+.1f") + " %"
+        return fmt(100 * g, "+.1f") + " %"
 
     def points(name: str) -> str:
         pts = splits.get("test", {}).get("variants", {}).get(name, {}).get("points", [])
         return ", ".join(
-            f"{_fmt(p.get('weight'), 'g')}: {_fmt(100 * p.get('ndcg_change', math.nan), '+.1f')}"
-            f" / {_fmt(100 * p.get('diversity_change', math.nan), '+.1f')}"
+            f"{fmt(p.get('weight'), 'g')}: {fmt(100 * p.get('ndcg_change', math.nan), '+.1f')}"
+            f" / {fmt(100 * p.get('diversity_change', math.nan), '+.1f')}"
             for p in pts
         )
 
-    lines += _md_table(
+    lines += md_table(
         ["variant", "validation", "test", "test points (weight: NDCG % / ILD %)"],
         [[n, cell("validation", n), cell("test", n), points(n)] for n in names],
     )
     decay = [
-        f"{split} {_fmt(v.get('hit_rate_decay'), '.2f')}"
+        f"{split} {fmt(v.get('hit_rate_decay'), '.2f')}"
         for split, v in splits.items()
         if isinstance(v, dict)
     ]
     lines += ["", "Hit rate of a candidate rank ~ rank ** -a: a = " + ", ".join(decay) + "."]
     quint = [
-        f"{split} " + " / ".join(_fmt(100 * h, ".1f") for h in v["hit_rate_by_similarity_quintile"])
+        f"{split} " + " / ".join(fmt(100 * h, ".1f") for h in v["hit_rate_by_similarity_quintile"])
         for split, v in splits.items()
         if isinstance(v, dict) and v.get("hit_rate_by_similarity_quintile")
     ]
@@ -586,7 +572,7 @@ def ray_section(rec: dict[str, Any], src: str) -> list[str]:
         "### Ray overhead",
         "",
         f"`python -m bench.ray_overhead`, record `{src}`: ray.init "
-        f"{_fmt(rec.get('ray_init_s'), '.1f')} s.",
+        f"{fmt(rec.get('ray_init_s'), '.1f')} s.",
         "",
     ]
     rows = [
@@ -594,12 +580,12 @@ def ray_section(rec: dict[str, Any], src: str) -> list[str]:
             str(r.get("engine")),
             str(r.get("workers")),
             str(r.get("threads_per_worker")),
-            _fmt(r.get("rows")),
-            _fmt(r.get("rows_per_s")),
+            fmt(r.get("rows")),
+            fmt(r.get("rows_per_s")),
         ]
         for r in rec.get("rows", [])
     ]
-    return lines + _md_table(["engine", "workers", "threads", "rows", "rows/s"], rows)
+    return lines + md_table(["engine", "workers", "threads", "rows", "rows/s"], rows)
 
 
 def serve_section(rec: dict[str, Any], src: str) -> list[str]:
@@ -611,10 +597,10 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         "### Serving under load",
         "",
         f"`python -m bench.serve_load`, record `{src}` ({machine_line(rec.get('machine', {}))}"
-        f"): closed-loop clients on loopback, {_fmt(st.get('duration_s'), '.0f')} s per level, "
+        f"): closed-loop clients on loopback, {fmt(st.get('duration_s'), '.0f')} s per level, "
         "interleaved across servers. Offline `Encoder.encode` on the same texts: "
-        f"{_fmt(off.get('sentences_per_s'))} sentences/s; a bare `encode([text])` call: "
-        f"p50 {_fmt(off.get('bare_encode_1', {}).get('p50_ms'), '.1f')} ms.",
+        f"{fmt(off.get('sentences_per_s'))} sentences/s; a bare `encode([text])` call: "
+        f"p50 {fmt(off.get('bare_encode_1', {}).get('p50_ms'), '.1f')} ms.",
         "",
     ]
     shown = [s for s, e in systems.items() if e.get("levels")]
@@ -626,18 +612,18 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         for system in shown:
             r = next((x for x in systems[system]["levels"] if x.get("level") == name), {})
             row += [
-                _fmt(r.get("sentences_per_s")),
-                _fmt(r.get("p99_ms"), ".0f"),
-                _fmt(r.get("server_cpu_ms_per_sentence"), ".2f"),
+                fmt(r.get("sentences_per_s")),
+                fmt(r.get("p99_ms"), ".0f"),
+                fmt(r.get("server_cpu_ms_per_sentence"), ".2f"),
             ]
         rows.append(row)
-    lines += _md_table(header, rows)
+    lines += md_table(header, rows)
     skipped = [f"{s}: {e.get('why', '')[:120]}" for s, e in systems.items() if not e.get("levels")]
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped) + "."]
     verdicts = [
         f"{name} {'met' if a.get('met') else '**not met**'} "
-        f"({_fmt(a.get('value'), '.6f' if '0.9999' in str(a.get('bar')) else '.3g')}, "
+        f"({fmt(a.get('value'), '.6f' if '0.9999' in str(a.get('bar')) else '.3g')}, "
         f"bar {a.get('bar')})"
         for name, a in rec.get("acceptance", {}).items()
         if not isinstance(a.get("value"), dict)
@@ -660,9 +646,9 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
     if soak:
         lines += [
             "",
-            f"Soak: {_fmt(soak.get('seconds'), '.0f')} s at concurrency "
+            f"Soak: {fmt(soak.get('seconds'), '.0f')} s at concurrency "
             f"{soak.get('concurrency')}, {soak.get('errors')} errors, RSS "
-            f"{_fmt(soak.get('rss_mb_start'))} -> {_fmt(soak.get('rss_mb_end'))} MB.",
+            f"{fmt(soak.get('rss_mb_start'))} -> {fmt(soak.get('rss_mb_end'))} MB.",
         ]
     return lines
 
@@ -678,7 +664,7 @@ def generic_section(kind: str, rec: dict[str, Any], src: str) -> list[str]:
     numbers and the numeric columns of its first list of rows."""
     skip = {"machine", "versions", "settings", "threads", "written_utc", "kind", "quick"}
     figures = [
-        f"{k}: {_fmt(v, '.4g')}"
+        f"{k}: {fmt(v, '.4g')}"
         for k, v in rec.items()
         if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
@@ -691,8 +677,8 @@ def generic_section(kind: str, rec: dict[str, Any], src: str) -> list[str]:
             k for k in table[0]
             if isinstance(table[0][k], (int, float, str)) and not isinstance(table[0][k], bool)
         ][:8]  # fmt: skip
-        rows = [[_fmt(r.get(c), ".4g") for c in cols] for r in table[:15]]
-        lines += ["", *_md_table(cols, rows)]
+        rows = [[fmt(r.get(c), ".4g") for c in cols] for r in table[:15]]
+        lines += ["", *md_table(cols, rows)]
     return lines
 
 

@@ -4,27 +4,13 @@ the headline ratios of each shape (``bench.report`` calls these)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from bench.common import CPU_FLAGS
-
-
-def _fmt(x: Any, spec: str = ".0f") -> str:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return "–" if x is None else str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return "–"
-    return format(x, spec)
+from bench.common import CPU_FLAGS, fmt, md_table
 
 
 def _pct(x: Any) -> str:
-    return _fmt(100 * x, ".0f") + " %" if isinstance(x, (int, float)) else "–"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
+    return fmt(100 * x, ".0f") + " %" if isinstance(x, (int, float)) else "–"
 
 
 def isa_line(machine: dict[str, Any]) -> str:
@@ -44,8 +30,8 @@ def peak_rows(peaks: dict[str, Any]) -> list[list[str]]:
                 r["library"],
                 r["precision"],
                 r["op"],
-                _fmt(r.get("gflops")),
-                _fmt(r.get("gflops_median")),
+                fmt(r.get("gflops")),
+                fmt(r.get("gflops_median")),
                 r.get("error", ""),
             ]
         )
@@ -55,7 +41,7 @@ def peak_rows(peaks: dict[str, Any]) -> list[list[str]]:
 def peak_section(rec: dict[str, Any], src: str) -> list[str]:
     s = rec.get("settings", {})
     best = ", ".join(
-        f"{k} {_fmt(v.get('gflops'))} ({v.get('library')})"
+        f"{k} {fmt(v.get('gflops'))} ({v.get('library')})"
         for k, v in rec.get("by_precision", {}).items()
     )
     return [
@@ -67,7 +53,7 @@ def peak_section(rec: dict[str, Any], src: str) -> list[str]:
         f"precision: {best}. The throughput tables divide each system's GFLOP/s by the peak "
         "of its precision, measured again at the start of that run.",
         "",
-        *_table(["library", "precision", "op", "GFLOP/s", "median", "note"], peak_rows(rec)),
+        *md_table(["library", "precision", "op", "GFLOP/s", "median", "note"], peak_rows(rec)),
     ]
 
 
@@ -79,7 +65,7 @@ def startup_section(rec: dict[str, Any], src: str) -> list[str]:
         f"`python -m bench.startup`, record `{src}`: each start in a fresh process, median of "
         f"{s.get('repeats')}; seconds. cold = empty cache dir, warm = after one start, off = "
         "cache dir not creatable. MiniLM int8 (ONNX Runtime), warm cache, "
-        f"`Encoder()` to the first vector: **{_fmt(rec.get('int8_warm_to_first_vector_s'), '.3f')}"
+        f"`Encoder()` to the first vector: **{fmt(rec.get('int8_warm_to_first_vector_s'), '.3f')}"
         f" s** (target {rec.get('target_s')} s). Import of bertrec is paid once per process.",
         "",
     ]
@@ -94,17 +80,17 @@ def startup_section(rec: dict[str, Any], src: str) -> list[str]:
             [
                 f"{r['case']} ({r.get('backend')} {r.get('precision')})",
                 f"{r['cache_state']} ({'/'.join(r.get('cache', []))})",
-                _fmt(r.get("import_s"), ".3f"),
-                _fmt(p.get("manifest_s"), ".3f"),
-                _fmt(p.get("backend_choice_s"), ".3f"),
-                _fmt(p.get("verify_s"), ".3f"),
-                _fmt(p.get("session_s"), ".3f"),
-                _fmt(p.get("tokenizer_s"), ".3f"),
-                _fmt(r.get("first_vector_s"), ".3f"),
-                _fmt(r.get("to_first_vector_s"), ".3f"),
+                fmt(r.get("import_s"), ".3f"),
+                fmt(p.get("manifest_s"), ".3f"),
+                fmt(p.get("backend_choice_s"), ".3f"),
+                fmt(p.get("verify_s"), ".3f"),
+                fmt(p.get("session_s"), ".3f"),
+                fmt(p.get("tokenizer_s"), ".3f"),
+                fmt(r.get("first_vector_s"), ".3f"),
+                fmt(r.get("to_first_vector_s"), ".3f"),
             ]
         )
-    return lines + _table(header, rows)
+    return lines + md_table(header, rows)
 
 
 # -- throughput: the share of peak and the headline ratios ----------------------------------
@@ -118,7 +104,7 @@ def share_cells(entry: dict[str, Any]) -> list[str]:
     best = entry.get("best", {})
     share = best.get("share_of_peak")
     return [
-        _fmt(best.get("gflops_per_s")),
+        fmt(best.get("gflops_per_s")),
         f"{_pct(share)} ({best.get('precision', '?')})" if share is not None else "–",
     ]
 
@@ -130,8 +116,8 @@ def headline(shape: dict[str, Any]) -> list[str]:
         return []
     unit = "tokens/s" if shape.get("workload") == "long" else "sentences/s"
     out = [
-        f"- `bertrec-auto` ({acc.get('auto')}): {_fmt(acc.get('auto_x_st_fp32'), '.2f')}× "
-        f"sentence-transformers fp32 and {_fmt(acc.get('auto_x_fastest_peer'), '.2f')}× the "
+        f"- `bertrec-auto` ({acc.get('auto')}): {fmt(acc.get('auto_x_st_fp32'), '.2f')}× "
+        f"sentence-transformers fp32 and {fmt(acc.get('auto_x_fastest_peer'), '.2f')}× the "
         f"fastest peer (`{acc.get('fastest_peer')}`) in {unit} (same texts, so the same ratio "
         f"in either unit); share of peak {_pct(acc.get('auto_share_of_peak'))}."
     ]
@@ -155,10 +141,10 @@ def long_text_line(rec: dict[str, Any], shape: dict[str, Any]) -> str:
     s = shape["settings"]
     return (
         f"{s['texts']} long texts ({mix.get('from', 'stdlib documentation')}): "
-        f"{_fmt(toks.get('min'))}–{_fmt(toks.get('max'))} tokens untruncated (mean "
-        f"{_fmt(shape.get('mean_tokens_untruncated'), '.0f')}), truncated at max_length "
+        f"{fmt(toks.get('min'))}–{fmt(toks.get('max'))} tokens untruncated (mean "
+        f"{fmt(shape.get('mean_tokens_untruncated'), '.0f')}), truncated at max_length "
         f"{shape['max_length']} ({shape.get('truncated_texts', '?')} texts cut; mean "
-        f"{_fmt(shape.get('mean_tokens'), '.0f')} tokens as run). Sweep on the first "
+        f"{fmt(shape.get('mean_tokens'), '.0f')} tokens as run). Sweep on the first "
         f"{s['sweep_texts']}, best = faster of that and batch {s.get('common_batch')}, median "
         f"of {rec['settings']['repeats']} runs on the first {s['time_texts']}."
     )
@@ -173,12 +159,12 @@ def fusion_section(rec: dict[str, Any], src: str) -> list[str]:
         rows.append(
             [
                 str(r.get("variant")),
-                _fmt(sh.get("sentences_per_s")),
-                _fmt(sh.get("x_int8"), ".2f"),
-                _fmt(lo.get("sentences_per_s"), ".1f"),
-                _fmt(lo.get("x_int8"), ".2f"),
-                _fmt(min(sh.get("min_cos_vs_fp32", 1.0), lo.get("min_cos_vs_fp32", 1.0)), ".5f"),
-                _fmt(r.get("size_mb"), ".0f"),
+                fmt(sh.get("sentences_per_s")),
+                fmt(sh.get("x_int8"), ".2f"),
+                fmt(lo.get("sentences_per_s"), ".1f"),
+                fmt(lo.get("x_int8"), ".2f"),
+                fmt(min(sh.get("min_cos_vs_fp32", 1.0), lo.get("min_cos_vs_fp32", 1.0)), ".5f"),
+                fmt(r.get("size_mb"), ".0f"),
             ]
         )
     return [
@@ -189,7 +175,7 @@ def fusion_section(rec: dict[str, Any], src: str) -> list[str]:
         f"batch {s.get('long_batch')}, sorted by length, median of {s.get('rounds')} "
         "interleaved rounds; min cosine against the exported fp32 file.",
         "",
-        *_table(
+        *md_table(
             ["graph", "short /s", "× int8", "long /s", "× int8", "min cos vs fp32", "MB"], rows
         ),
     ]
