@@ -404,6 +404,17 @@ class Encoder:
     ) -> NDArray[np.float32]:
         """The model's (n, manifest.dim) vectors for tokenized texts (``tokenize``), rows in
         input order: token-budget batches, longest first."""
+        if isinstance(encodings, (str, bytes, dict)) or not isinstance(encodings, Sequence):
+            raise InputTypeError(
+                "encodings must be the list Encoder.tokenize returns, got "
+                f"{type(encodings).__name__}"
+            )
+        bad = next((i for i, e in enumerate(encodings) if not isinstance(e, Encoding)), None)
+        if bad is not None:
+            raise InputTypeError(
+                f"encodings[{bad}] is {type(encodings[bad]).__name__}, not a tokenizers "
+                "Encoding; pass the list Encoder.tokenize returns"
+            )
         out = np.empty((len(encodings), self.manifest.dim), dtype=np.float32)
         if not len(encodings):
             return out

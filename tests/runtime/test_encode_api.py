@@ -96,6 +96,15 @@ def test_tokenize_then_encode_tokens_equals_encode(enc: bertrec.Encoder) -> None
     assert [len(t.ids) for t in tokens][2] == 2  # [CLS] [SEP] for the empty text
     np.testing.assert_allclose(enc.encode_tokens(tokens), enc.encode(TEXTS), atol=1e-6)
     assert enc.encode_tokens([]).shape == (0, enc.dim)
+    for bad, match in (
+        ("text", "got str"),
+        (["text"], r"encodings\[0\] is str"),
+        (None, "got NoneType"),
+    ):
+        with pytest.raises(bertrec.InputTypeError, match=match):
+            enc.encode_tokens(bad)  # type: ignore[arg-type]
+    with pytest.raises(bertrec.InputTypeError, match=r"texts\[1\] is int"):
+        enc.tokenize(["a", 1])  # type: ignore[list-item]
 
 
 def test_construction_says_what_runs_once_at_info(
