@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from bertrec.core import check_optional_int
+from bertrec.core import check_int, check_optional_int
 from bertrec.errors import (
     ConfigError,
     FileFormatError,
@@ -228,6 +228,13 @@ class Encoder:
             runs. ``encoder.backend_reason`` says why.
         verify: check each model file's sha256 against the manifest at load (on by
             default; False skips the read of the whole file, sizes are still checked).
+        truncate_dim: keep the first dimensions of each vector (Matryoshka models), then
+            normalize.
+        streams: how many threads will call ``encode`` at once, each run using
+            ``threads`` threads (a server's inference workers). OpenVINO compiles that many
+            streams: a model compiled for one runs concurrent callers one after another.
+            ONNX Runtime runs concurrent calls side by side anyway (give each
+            ``threads=1`` so they do not share one thread pool).
 
     The Encoder only reads its model directory: every file keeps its bytes and mtime.
     What it caches (ONNX Runtime's optimized graph, OpenVINO's compiled model, the measured
@@ -256,6 +263,7 @@ class Encoder:
         backend: str = "auto",
         verify: bool = True,
         truncate_dim: int | None = None,
+        streams: int = 1,
     ) -> None:
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
@@ -265,10 +273,12 @@ class Encoder:
             isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0
         ):
             raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
+        streams = check_int(streams, "streams")
         t0 = time.perf_counter()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.threads = threads or _physical_cores()
+        self.streams = streams
         t1 = time.perf_counter()
         self.backend, self.backend_reason = choose_backend(
             backend, device, precision, self.manifest, self.model_dir, self.threads
@@ -278,7 +288,7 @@ class Encoder:
         self._runner: Any
         if self.backend == "openvino":
             self._runner = OpenVinoRunner(
-                self.model_dir, self.manifest, precision, self.threads, verify
+                self.model_dir, self.manifest, precision, self.threads, verify, streams
             )
         else:
             if precision == "bf16":
@@ -401,9 +411,15 @@ class Encoder:
         encodings: Sequence[Encoding],
         batch_size: int | None = None,
         show_progress: bool = False,
+        alone: bool = False,
     ) -> NDArray[np.float32]:
         """The model's (n, manifest.dim) vectors for tokenized texts (``tokenize``), rows in
-        input order: token-budget batches, longest first."""
+        input order: token-budget batches, longest first.
+
+        ``alone``: with ``streams > 1``, the caller knows no other thread is encoding now
+        (a server with one request in flight): one batch then runs on every stream's
+        threads instead of one stream's.
+        """
         if isinstance(encodings, (str, bytes, dict)) or not isinstance(encodings, Sequence):
             raise InputTypeError(
                 "encodings must be the list Encoder.tokenize returns, got "
@@ -438,7 +454,7 @@ class Encoder:
             run_many(padded(), out)  # the runner overlaps batches (OpenVINO streams)
         else:
             for rows, feeds in padded():
-                out[rows] = self._run(feeds)
+                out[rows] = self._runner.run(feeds, alone=alone and self.streams > 1)
         if progress is not None:
             progress.close()
         return out
@@ -603,9 +619,6 @@ class Encoder:
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
         return Batch(rows=rows, feeds=feeds)
-
-    def _run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
-        return self._runner.run(feeds)
 
     def __repr__(self) -> str:
         return (

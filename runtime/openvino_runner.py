@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bertrec.core import cache_dir
+from bertrec.core import cache_dir, check_int
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
 from .cpu import cpu_features, onednn_allows_bf16, onednn_cap
@@ -50,6 +50,22 @@ def _core() -> Any:
     return ov.Core()
 
 
+def set_shape_cache(capacity: int) -> None:
+    """Cap how many input shapes' compiled kernels OpenVINO's CPU plugin keeps (5000 by
+    default), for every model compiled after this call in this process (the runtime's
+    ``Core`` is shared). A server meets a new (rows, width) shape with almost every batch;
+    a few dozen keep its memory flat.
+
+    Raises:
+        ConfigError: ``capacity`` is not a positive int.
+        ProviderError: OpenVINO is not installed.
+    """
+    capacity = check_int(capacity, "capacity")
+    if not openvino_importable():
+        raise ProviderError("set_shape_cache needs OpenVINO: pip install 'bertrec[openvino]'")
+    _core().set_property("CPU", {"CPU_RUNTIME_CACHE_CAPACITY": capacity})
+
+
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """True when this CPU has native bf16 (AMX-BF16 or AVX512-BF16 in its flags), oneDNN's
@@ -76,6 +92,7 @@ class OpenVinoRunner:
         precision: str,
         threads: int,
         verify: bool = True,
+        streams: int = 1,
     ) -> None:
         if not openvino_importable():
             raise ProviderError(
@@ -101,6 +118,7 @@ class OpenVinoRunner:
         if self.precision == "auto":
             self.precision = "fp32"
         self.threads = threads
+        self.streams = streams
         self.device = "cpu"
         self.providers = ["OpenVINO CPU"]
         self.io_binding = True  # outputs go to preallocated per-thread tensors
@@ -120,7 +138,18 @@ class OpenVinoRunner:
             log.debug("OpenVINO model cache off (%s)", exc)
         self._path = path
         try:
-            self.compiled = self._compile("LATENCY")
+            # One stream runs every thread on one request at a time; with more, each of
+            # ``streams`` concurrent callers gets a stream of ``threads`` threads.
+            self.compiled = (
+                self._compile("LATENCY")
+                if streams == 1
+                else self._compile("THROUGHPUT", NUM_STREAMS=streams, total=threads * streams)
+            )
+            # With streams, a call made alone runs on a one-stream model of all the
+            # threads: a server's lone request is then as fast as a bare encode([text]).
+            self._whole = (
+                None if streams == 1 else self._compile("LATENCY", total=threads * streams)
+            )
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable models
             raise FileFormatError(
                 f"OpenVINO cannot load {str(path)!r} ({str(exc).splitlines()[0][:200]}); "
@@ -145,31 +174,37 @@ class OpenVinoRunner:
         self._lock = threading.Lock()
         self._streams: Any = None  # THROUGHPUT-mode model, compiled on first run_many
 
-    def _compile(self, hint: str, **extra: Any) -> Any:
+    def _compile(self, hint: str, total: int | None = None, **extra: Any) -> Any:
         core = _core()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_NUM_THREADS": total or self.threads,
             "PERFORMANCE_HINT": hint,
             **extra,
         }
         return core.compile_model(core.read_model(str(self._path)), "CPU", config)
 
-    def run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+    def run(self, feeds: dict[str, NDArray[np.int64]], alone: bool = False) -> NDArray[np.float32]:
         """Embeddings of one padded batch, written into a per-thread preallocated buffer
-        that the next call on this thread overwrites: copy it out."""
+        that the next call on this thread overwrites: copy it out. ``alone``: the caller
+        knows no other call runs now (with streams, this one then uses every thread)."""
         import openvino as ov
 
         local = self._local
         if getattr(local, "request", None) is None:
             with self._lock:  # creating requests is not documented as thread-safe
                 local.request = self.compiled.create_infer_request()
+                local.whole = (
+                    local.request if self._whole is None else self._whole.create_infer_request()
+                )
             local.buffer = np.empty((0, self.dim), dtype=np.float32)
         n = len(feeds["input_ids"])
         if len(local.buffer) < n:
             local.buffer = np.empty((max(n, 2 * len(local.buffer)), self.dim), dtype=np.float32)
         out = local.buffer[:n]
-        req = local.request
+        # A call made while no other runs (``alone``) takes every thread (the one-stream
+        # model); concurrent calls get a stream each.
+        req = local.whole if alone else local.request
         req.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
         req.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
         return out

@@ -172,9 +172,10 @@ class OrtRunner:
             log.debug("ONNX Runtime session cache not written to %s (%s)", entry, exc)
         return session
 
-    def run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+    def run(self, feeds: dict[str, NDArray[np.int64]], alone: bool = False) -> NDArray[np.float32]:
         """Embeddings of one padded batch. With IO binding the result is a view of a
-        per-thread buffer that the next call on this thread overwrites: copy it out."""
+        per-thread buffer that the next call on this thread overwrites: copy it out.
+        (``alone``: for OpenVINO's streams; a session's threads serve any call.)"""
         if not self.io_binding:
             result = self.session.run([self.output], feeds)[0]
             return np.asarray(result, dtype=np.float32)

@@ -30,7 +30,7 @@ from bertrec.errors import BertrecError, ConfigError
 from bertrec.rank.topk import CosineRanker
 from bertrec.recommend.recommender import Recommender
 from bertrec.runtime.encoder import Encoder
-from bertrec.runtime.openvino_runner import openvino_importable
+from bertrec.runtime.openvino_runner import openvino_importable, set_shape_cache
 from bertrec.runtime.providers import cuda_usable
 from bertrec.serve.batcher import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, Batcher
 from bertrec.serve.errors import (
@@ -316,12 +316,8 @@ OPENVINO_SHAPE_CACHE = 64
 def bound_openvino_shape_cache() -> None:
     """Cap OpenVINO's per-shape kernel cache on the runtime's shared ``Core`` (process-wide:
     it applies to every model compiled after this call)."""
-    if not openvino_importable():
-        return
-    # The runtime exposes no setting for it yet; its Core is shared by every model it runs.
-    from bertrec.runtime.openvino_runner import _core
-
-    _core().set_property("CPU", {"CPU_RUNTIME_CACHE_CAPACITY": OPENVINO_SHAPE_CACHE})
+    if openvino_importable():
+        set_shape_cache(OPENVINO_SHAPE_CACHE)
 
 
 def parallelism(device: str, threads: int | None, workers: int | None) -> tuple[int | None, int]:
@@ -390,6 +386,7 @@ def create_app(
         backend=backend,
         max_batch_tokens=max_batch_tokens,
         threads=threads,
+        streams=workers,
     )
     server = Server(
         encoder,

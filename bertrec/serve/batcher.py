@@ -323,10 +323,14 @@ class Batcher:
         t0 = time.perf_counter()
         done: list[_Job] = []
         error: BaseException | None = None
+        # One request in the whole server: its batch may take every thread (a bare
+        # encode([text])'s speed); under load each worker keeps to its own stream.
+        alone = len(window) == 1 and self._pending <= 1 and self._busy == 1
         try:
             out = np.empty((len(encodings), self.encoder.manifest.dim), dtype=np.float32)
             for rows in length_groups(lengths, self.encoder.max_batch_tokens, self.call_tokens):
-                out[rows] = self.encoder.encode_tokens([encodings[i] for i in rows])
+                batch = [encodings[i] for i in rows]
+                out[rows] = self.encoder.encode_tokens(batch, alone=alone)
         except Exception as exc:  # answered as a 500 to every request of the window
             log.exception("inference failed")
             error = ApiError(500, f"inference failed: {exc}", "inference_failed", "server_error")

@@ -124,9 +124,12 @@ def test_io_binding_on_and_off_identical(tiny_model_dir: Path) -> None:
     np.testing.assert_array_equal(b, off[::-1])
 
 
-@pytest.mark.parametrize("io_binding", [False, True])
-def test_threads_match_sequential(tiny_model_dir: Path, backend: str, io_binding: bool) -> None:
-    enc = make(tiny_model_dir, backend, io_binding=io_binding, max_batch_tokens=48)
+@pytest.mark.parametrize(("io_binding", "streams"), [(False, 1), (True, 1), (False, 2)])
+def test_threads_match_sequential(
+    tiny_model_dir: Path, backend: str, io_binding: bool, streams: int
+) -> None:
+    enc = make(tiny_model_dir, backend, io_binding=io_binding, max_batch_tokens=48, threads=1,
+               streams=streams)  # fmt: skip
     rng = np.random.default_rng(0)
     calls = [[TEXTS[i] for i in rng.integers(0, len(TEXTS), 7)] for _ in range(8 * 50)]
     expected = [enc.encode(c) for c in calls]
@@ -203,6 +206,25 @@ def test_bad_constructor_arguments(tiny_model_dir: Path) -> None:
         bertrec.Encoder(tiny_model_dir, max_batch_tokens=-5)
     with pytest.raises(bertrec.ConfigError, match="threads"):
         bertrec.Encoder(tiny_model_dir, threads=0)
+    with pytest.raises(bertrec.ConfigError, match="streams must be >= 1, got 0"):
+        bertrec.Encoder(tiny_model_dir, streams=0)
+    with pytest.raises(bertrec.ConfigError, match="streams must be an int"):
+        bertrec.Encoder(tiny_model_dir, streams="2")  # type: ignore[arg-type]
+
+
+def test_streams_give_the_same_vectors(tiny_model_dir: Path, backend: str) -> None:
+    """A model compiled for concurrent callers (OpenVINO streams) encodes as one that is
+    not: the same graph, only scheduled differently."""
+    one = make(tiny_model_dir, backend, threads=1)
+    two = make(tiny_model_dir, backend, threads=1, streams=2)
+    assert two.streams == 2
+    want = one.encode(TEXTS)
+    np.testing.assert_allclose(two.encode(TEXTS), want, atol=1e-5)
+    # A call made alone (all threads on one request) gives the same vectors too.
+    tokens = two.tokenize(TEXTS)
+    for i, t in enumerate(tokens):
+        got = two.encode_tokens([t], alone=True)[0]
+        np.testing.assert_allclose(got / np.linalg.norm(got), want[i], atol=1e-5)
 
 
 def test_auto_precision_falls_back_to_fp32(tiny_model_dir: Path) -> None:
@@ -552,3 +574,17 @@ def test_minilm_int8_is_batch_invariant(minilm_model_dir: Path, movie_texts: lis
         )
         got = enc.encode(texts[::-1])[::-1]
         assert float(np.min(np.sum(got * ref, axis=1))) >= 0.99999, budget
+
+
+def test_set_shape_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bertrec.runtime.openvino_runner as ov_mod
+
+    with pytest.raises(bertrec.ConfigError, match="capacity must be >= 1, got 0"):
+        ov_mod.set_shape_cache(0)
+    with pytest.raises(bertrec.ConfigError, match="capacity must be an int"):
+        ov_mod.set_shape_cache("64")  # type: ignore[arg-type]
+    if _openvino():
+        ov_mod.set_shape_cache(64)  # OpenVINO refuses a property name it does not know
+    monkeypatch.setattr(ov_mod, "openvino_importable", lambda: False)
+    with pytest.raises(bertrec.ProviderError, match=r"bertrec\[openvino\]"):
+        ov_mod.set_shape_cache(64)
