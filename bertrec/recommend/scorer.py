@@ -49,6 +49,8 @@ DEFAULT_CF_WARMUP = 5.0
 HYBRID_DEFAULTS = {"popularity_weight": 0.0, "recent": 10}
 # History vectors scored together in one GEMM (users are chunked to about this many).
 CHUNK_ENTRIES = 4096
+# Up to this top_m the knn profile keeps running maxima; above it, np.partition.
+RUNNING_TOP_M = 4
 
 
 @dataclass(frozen=True)
@@ -224,25 +226,59 @@ class Scorer:
         for width, members in sorted(groups.items()):
             stack = np.ascontiguousarray(np.concatenate([latest[i][0] for i in members]))
             scale = np.stack([latest[i][1] / latest[i][1].max() for i in members])
-            scaled = scale.astype(np.float32) if (scale != 1).any() else None
-            plans.append((np.asarray(members), width, stack.astype(np.float32).T.copy(), scaled))
+            scaled = scale.astype(np.float32)[:, :, None] if (scale != 1).any() else None
+            plans.append((np.asarray(members), width, stack.astype(np.float32), scaled))
         m = self.top_m
 
         def content(start: int, stop: int) -> NDArray[np.float32]:
-            out = np.zeros((len(users), stop - start), dtype=np.float32)
+            out = np.empty((len(users), stop - start), dtype=np.float32)
+            if len(plans) != 1 or len(plans[0][0]) != len(users):
+                out.fill(0.0)
             block = catalog[start:stop]
-            for members, width, stack_t, scaled in plans:
-                # Items as rows: the catalog block is read in its own (row) order, and the
-                # top-m selection runs along the last, contiguous axis (entries).
-                sims = (block @ stack_t).reshape(stop - start, len(members), width)
+            for members, width, stack, scaled in plans:
+                # Entries as rows: each entry's similarities to the block are one
+                # contiguous row, so the top-m selection is elementwise over whole rows.
+                sims = (stack @ block.T).reshape(len(members), width, stop - start)
                 if scaled is not None:
                     sims *= scaled
-                if m < width:
-                    sims = np.partition(sims, width - m, axis=2)[:, :, width - m :]
-                out[members] = sims.sum(axis=2).T / np.float32(min(m, width))
+                out[members] = top_m_sum(sims, m) / np.float32(min(m, width))
             return out
 
         return content
+
+
+def top_m_sum(sims: NDArray[np.float32], m: int) -> NDArray[np.float32]:
+    """The sum of the ``m`` largest values along axis 1 of a (users, entries, items) array.
+
+    For a few entries kept (the defaults keep 2) the values are kept in ``m`` running
+    maxima, updated elementwise entry by entry: 2m passes over contiguous rows, where
+    ``np.partition`` along a short axis works item by item (bench/cf_scale.py times both
+    on 200,000 items by 10 entries: about 1 ms against 9 on AVX-512).
+    """
+    width = sims.shape[1]
+    if m >= width:
+        return sims.sum(axis=1)
+    if m > RUNNING_TOP_M:
+        return np.partition(sims, width - m, axis=1)[:, width - m :].sum(axis=1)
+    # tops[0] >= tops[1] >= ... elementwise; each entry is bubbled down through them.
+    tops = [sims[:, j].copy() for j in range(m)]
+    for i in range(1, m):  # sort the first m entries elementwise
+        for j in range(i, 0, -1):
+            hi = np.maximum(tops[j - 1], tops[j])
+            np.minimum(tops[j - 1], tops[j], out=tops[j])
+            tops[j - 1] = hi
+    x = np.empty_like(tops[0])
+    hi = np.empty_like(tops[0])
+    for e in range(m, width):
+        np.copyto(x, sims[:, e])
+        for j in range(m):
+            np.maximum(tops[j], x, out=hi)
+            np.minimum(tops[j], x, out=x)
+            tops[j], hi = hi, tops[j]
+    total = tops[0]
+    for t in tops[1:]:
+        total += t
+    return total
 
 
 def user_chunks(users: Sequence[History], scorer: Scorer) -> list[slice]:
