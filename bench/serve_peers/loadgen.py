@@ -1,5 +1,5 @@
 """The load generator and the server checks of bench/serve_load.py: a bounded closed loop
-over aiohttp keep-alive connections (every worker sends its next request when its last
+over keep-alive HTTP/1.1 connections (every worker sends its next request when its last
 one is answered), server processes on loopback, and the checks of the acceptance list."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,73 @@ def request_bodies(texts: list[str], per_request: int, model: str) -> list[bytes
     ]
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared request bytes and reads the
+    answer by its Content-Length: a few dozen microseconds of client CPU per request, where
+    aiohttp spends about a millisecond (on a 2-core machine the load generator shares the
+    cores with the server it measures, so its cost caps every server alike)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1  # body bytes still to come; -1 while reading the head
+        self.status = 0
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.need < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).split(b"\r\n")
+            self.status = int(lines[0].split(b" ", 2)[1])
+            length = None
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            del self.buf[: end + 4]
+            if length is None:
+                waiter.set_exception(ConnectionError("an answer without Content-Length"))
+                return
+            self.need = length
+        if len(self.buf) >= self.need:
+            body = bytes(self.buf[: self.need])
+            del self.buf[: self.need]
+            self.need = -1
+            waiter.set_result((self.status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"connection closed: {exc!r}"))
+        self.transport = None
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.transport is None:
+            raise ConnectionError("connection closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.waiter
+
+
+def http_requests(url: str, headers: dict[str, str], bodies: list[bytes]) -> list[bytes]:
+    """Each body as the bytes of a whole HTTP/1.1 POST to ``url``."""
+    split = urllib.parse.urlsplit(url)
+    head = [f"POST {split.path or '/'} HTTP/1.1", f"Host: {split.netloc}"]
+    head += [f"{k}: {v}" for k, v in {"Content-Type": "application/json", **headers}.items()]
+    return [
+        ("\r\n".join([*head, f"Content-Length: {len(b)}", "", ""])).encode("latin-1") + b
+        for b in bodies
+    ]
+
+
 async def _closed_loop(
     url: str,
     headers: dict[str, str],
@@ -159,23 +227,30 @@ async def _closed_loop(
     stop_at = time.perf_counter() + duration_s
     sent = 0
     latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    hdrs = {"Content-Type": "application/json", **headers}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    requests = http_requests(url, headers, bodies)
+    split = urllib.parse.urlsplit(url)
+    loop = asyncio.get_running_loop()
 
-        async def worker() -> None:
-            nonlocal sent
+    async def connect() -> _Connection:
+        _, conn = await loop.create_connection(_Connection, split.hostname, split.port)
+        return conn
+
+    async def worker() -> None:
+        nonlocal sent
+        conn = await connect()
+        try:
             while sent < max_requests and time.perf_counter() < stop_at:
-                body = bodies[sent % len(bodies)]
+                request = requests[sent % len(requests)]
                 sent += 1
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=hdrs) as r:
-                        payload = await r.read()
-                        ok = r.status == 200
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                    status, payload = await asyncio.wait_for(conn.send(request), 120)
+                    ok = status == 200
+                except (TimeoutError, ConnectionError, OSError) as exc:
                     ok, payload = False, repr(exc).encode()
+                    if conn.transport is not None:
+                        conn.transport.close()
+                    conn = await connect()
                 if result is None:
                     continue
                 if ok:
@@ -186,12 +261,24 @@ async def _closed_loop(
                     result.errors += 1
                     if len(result.error_samples) < 5:
                         result.error_samples.append(payload[:200].decode(errors="replace"))
+        finally:
+            if conn.transport is not None:
+                conn.transport.close()
 
-        t_start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        if result is not None:
-            result.seconds = time.perf_counter() - t_start
-            result.latency = percentiles(latencies)
+    t_start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if result is not None:
+        result.seconds = time.perf_counter() - t_start
+        result.latency = percentiles(latencies)
+
+
+def _run(coro: Any) -> Any:
+    """``asyncio.run`` on uvloop where it is installed (the serve extra has it)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def run_level(
@@ -208,10 +295,8 @@ def run_level(
     """A warm-up, then ``duration_s`` (at most ``max_requests``) of closed-loop load."""
     result = LevelResult(name, concurrency, per_request)
     if warmup_s > 0:
-        asyncio.run(
-            _closed_loop(url, headers, bodies, per_request, concurrency, warmup_s, 10**9, None)
-        )
-    asyncio.run(
+        _run(_closed_loop(url, headers, bodies, per_request, concurrency, warmup_s, 10**9, None))
+    _run(
         _closed_loop(
             url, headers, bodies, per_request, concurrency, duration_s, max_requests, result
         )
@@ -369,7 +454,7 @@ def soak(
         await task
         return result
 
-    result = asyncio.run(go())
+    result = _run(go())
     samples.append((duration_s, rss_mb(served.proc.pid)))
     rss = [r for _, r in samples]
     return {
