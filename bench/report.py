@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, fmt, latest_record, machine_line, md_table
+from bertrec.rank import SUGGESTED_HYBRID_DIVERSITY
 from bench.plots import plot_frontier, plot_hybrid, plot_scorer, plot_throughput
 from bench.throughput.sections import (
     SHARE_HEADER,
@@ -474,7 +475,12 @@ def hybrid_lines(h: Any) -> list[str]:
                 for r in div
             ],
         )
-        lines += ["", f"Validation pick for the hybrid: {h.get('diversity_pick')}."]
+        pick = h.get("diversity_pick")
+        lines += [
+            "",
+            f"Validation pick for the hybrid: {pick} (`bertrec.rank.SUGGESTED_HYBRID_DIVERSITY`"
+            f" = {SUGGESTED_HYBRID_DIVERSITY}: the pick: {pick == SUGGESTED_HYBRID_DIVERSITY}).",
+        ]
     acc = h.get("acceptance") or {}
     if acc:
 
@@ -509,6 +515,14 @@ def cf_scale_section(rec: dict[str, Any], src: str) -> list[str]:
         for name, lat in rec.get("latency", {}).items()
     ]
     lines += md_table(["recommend (one user)", "p50 ms", "p90 ms", "p99 ms"], rows)
+    topm = rec.get("top_m_selection_ms")
+    if topm:
+        lines += [
+            "",
+            "The knn profile's top-m selection for one user over the catalog: running "
+            f"maxima {fmt(topm.get('running_maxima'), '.1f')} ms, `np.partition` "
+            f"{fmt(topm.get('np_partition'), '.1f')} ms.",
+        ]
     if acc:
         lines += ["", "Acceptance: " + "; ".join(f"{k} {fmt(v, '.4g')}" for k, v in acc.items())]
     return lines
@@ -642,6 +656,28 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         "",
         "Acceptance: " + "; ".join(verdicts + others) + ".",
     ]
+    ceiling = rec.get("engine_ceiling", {})
+    if ceiling.get("levels"):
+        parts = []
+        for name, row in ceiling["levels"].items():
+            served = next(
+                (x for x in systems.get("bertrec", {}).get("levels", []) if x.get("level") == name),
+                {},
+            ).get("sentences_per_s")
+            eng = row.get("sentences_per_s")
+            share = served / eng if served and eng else None
+            parts.append(
+                f"{name}: {fmt(eng)} sentences/s in windows of {row.get('window_texts')} "
+                f"(served: {fmt(share, '.2f')}x of it)"
+            )
+        lines += [
+            "",
+            f"The server's engine alone ({ceiling.get('workers')} workers x "
+            f"{ceiling.get('threads')} thread, its windows at each concurrency, no HTTP): "
+            + "; ".join(parts)
+            + ". Small windows, not the HTTP side, hold most of the distance to offline "
+            "`encode` (which sorts all its texts by length into full batches).",
+        ]
     soak = rec.get("checks", {}).get("soak")
     if soak:
         lines += [

@@ -4,6 +4,7 @@ from bertrec.rank.mmr import (
     DEFAULT_CANDIDATES,
     RANK_DECAY,
     SUGGESTED_DIVERSITY,
+    SUGGESTED_HYBRID_DIVERSITY,
     diverse_picks,
     mmr_select,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "RANK_DECAY",
     "SUGGESTED_DIVERSITY",
+    "SUGGESTED_HYBRID_DIVERSITY",
     "CosineRanker",
     "TopK",
     "blocked_topk",

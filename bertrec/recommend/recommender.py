@@ -407,7 +407,8 @@ class Recommender:
             diversity: weight in [0, 1] of diversity against relevance; 0 is the plain
                 score order. Above 0, ``k`` of the ``candidates`` best items are picked by
                 ``bertrec.rank.diverse_picks`` and listed in score order;
-                ``bertrec.rank.SUGGESTED_DIVERSITY`` is the trade measured on MovieLens.
+                ``bertrec.rank.SUGGESTED_DIVERSITY`` is the trade measured on MovieLens
+                (``SUGGESTED_HYBRID_DIVERSITY`` with interactions).
             weights: optional non-negative weight per history id (e.g. its rating); an
                 entry of weight 0 is still seen (left out) but does not shape the scores,
                 and all-zero weights fall back to popularity like an empty history.
