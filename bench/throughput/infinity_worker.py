@@ -20,6 +20,12 @@ from typing import Any
 
 _PROTOCOL = sys.stdout
 sys.stdout = sys.stderr
+# The torch 2.13 shim that lets infinity's optimum engine import (bench/serve_peers).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "serve_peers"))  # fmt: skip
+from infinity_shim import restore_opset14_helpers  # noqa: E402
+
+restore_opset14_helpers()
 
 
 class Worker:
@@ -57,7 +63,10 @@ class Worker:
 
         import onnxruntime as ort
 
-        self.model_dir = model_dir
+        # infinity's optimum engine finds its ONNX file only relative to the working
+        # directory (as the serving peer runs it: in the folder, model id ".").
+        os.chdir(model_dir)
+        self.model_dir = "."
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         try:
