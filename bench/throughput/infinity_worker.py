@@ -46,6 +46,9 @@ class Worker:
                 engine=self.engine_name,
                 device="cpu",
                 batch_size=batch_size,
+                # As the serving peer: MiniLM's sentence-transformers pooling is the mean
+                # (left to itself, the optimum engine's ONNX model does not say so).
+                pooling_method="mean",
                 model_warmup=False,
             )
             engine = AsyncEmbeddingEngine.from_args(args)

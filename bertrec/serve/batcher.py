@@ -373,21 +373,28 @@ def length_groups(
     """Rows of one window cut into batches of similar lengths, longest first.
 
     A window of a few dozen texts of mixed lengths padded as one batch (or cut only by the
-    token budget) spends most of its time on padding. Walking the rows longest first, a
-    new batch starts where the padding the rest of the window would pay in the current one
-    outweighs the cost of one more batch (``call_tokens``), or where the budget is full.
+    token budget) spends most of its time on padding; cut at every length, it pays a
+    model call per text. With the rows sorted longest first, the cut is the one of least
+    cost, counting each batch's padded tokens plus ``call_tokens`` for each call, with no
+    batch over ``max_batch_tokens`` (unless a single text is): a dynamic program over the
+    cut points, one NumPy step per row (about 1 ms for 128 texts). It replaced a greedy
+    cut (a new batch wherever the rest of the window would pay more padding than a call)
+    that cut large windows of distinct lengths into many tiny batches.
     """
     order = np.argsort(-lengths, kind="stable")
-    ordered = lengths[order].tolist()
-    n = len(ordered)
-    groups: list[NDArray[np.intp]] = []
-    start = 0
-    for i in range(1, n):
-        width = ordered[start]
-        if (i - start + 1) * width > max_batch_tokens or (width - ordered[i]) * (
-            n - i
-        ) > call_tokens:
-            groups.append(order[start:i])
-            start = i
-    groups.append(order[start:])
-    return groups
+    widths = lengths[order].astype(np.int64)
+    n = len(widths)
+    best = np.zeros(n + 1, dtype=np.int64)  # least cost of the first i rows
+    start = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that cut starts
+    for i in range(1, n + 1):
+        rows = i - np.arange(i)  # a batch of rows j..i-1 for each start j
+        padded = rows * widths[:i]  # its width is its first (longest) row's
+        cost = best[:i] + padded + call_tokens
+        cost[(padded > max_batch_tokens) & (rows > 1)] = np.iinfo(np.int64).max // 2
+        j = int(np.argmin(cost))  # on a tie the earliest start: fewer calls
+        best[i], start[i] = cost[j], j
+    cuts = [n]
+    while cuts[-1] > 0:
+        cuts.append(int(start[cuts[-1]]))
+    cuts.reverse()
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
