@@ -197,7 +197,8 @@ def top_m_timing(items: int, entries: int, m: int, repeats: int = 9) -> dict[str
 
     out: dict[str, list[float]] = {"running_maxima": [], "np_partition": []}
     for _ in range(repeats):
-        for name, call in (("running_maxima", lambda: top_m_sum(sims, m)), ("np_partition", partition)):
+        calls = (("running_maxima", lambda: top_m_sum(sims, m)), ("np_partition", partition))
+        for name, call in calls:
             t = time.perf_counter()
             call()
             out[name].append((time.perf_counter() - t) * 1e3)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, fmt, latest_record, machine_line, md_table
-from bertrec.rank import SUGGESTED_HYBRID_DIVERSITY
 from bench.plots import plot_frontier, plot_hybrid, plot_scorer, plot_throughput
 from bench.throughput.sections import (
     SHARE_HEADER,
@@ -35,6 +34,7 @@ from bench.throughput.sections import (
     startup_section,
 )
 from bertrec.core import atomic_write_bytes
+from bertrec.rank import SUGGESTED_HYBRID_DIVERSITY
 
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -2,8 +2,9 @@
 
 A bounded closed-loop load generator (asyncio on uvloop, keep-alive connections that send
 prepared HTTP/1.1 requests: ~0.03 cores at 500 requests/s, where aiohttp took a core and
-capped every server near 320/s on 2 cores; bench/serve_peers/loadgen.py) sends single-text requests at concurrency 1, 8, 32 and 128 and 64-text
-requests at concurrency 4, interleaved across the servers, all on loopback:
+capped every server near 320/s on 2 cores; bench/serve_peers/loadgen.py) sends
+single-text requests at concurrency 1, 8, 32 and 128 and 64-text requests at concurrency 4,
+interleaved across the servers, all on loopback:
 
 - ``bertrec``: ``python -m bertrec.serve`` with its defaults and an API key;
 - ``naive``: the same stack, ``Encoder.encode(texts)`` per request in a thread, no batching
