@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from bertrec.core import check_int, check_optional_int
+from bertrec.core import check_bool, check_int, check_optional_int
 from bertrec.errors import (
     ConfigError,
     FileFormatError,
@@ -425,6 +425,7 @@ class Encoder:
                 "encodings must be the list Encoder.tokenize returns, got "
                 f"{type(encodings).__name__}"
             )
+        check_bool(alone, "alone")
         bad = next((i for i, e in enumerate(encodings) if not isinstance(e, Encoding)), None)
         if bad is not None:
             raise InputTypeError(

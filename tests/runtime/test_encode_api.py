@@ -103,6 +103,8 @@ def test_tokenize_then_encode_tokens_equals_encode(enc: bertrec.Encoder) -> None
     ):
         with pytest.raises(bertrec.InputTypeError, match=match):
             enc.encode_tokens(bad)  # type: ignore[arg-type]
+    with pytest.raises(bertrec.ConfigError, match="alone must be"):
+        enc.encode_tokens(tokens, alone="yes")  # type: ignore[arg-type]
     with pytest.raises(bertrec.InputTypeError, match=r"texts\[1\] is int"):
         enc.tokenize(["a", 1])  # type: ignore[list-item]
 
