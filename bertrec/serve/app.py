@@ -306,18 +306,13 @@ def build_app(server: Server) -> Starlette:
     return app
 
 
-# Input shapes whose compiled kernels OpenVINO's CPU plugin keeps (5000 by default).
-# Serving meets a new (rows, width) shape with almost every batch, so with the default the
-# process grows by about 100 MB in its first minutes under load; a few dozen keep its
-# footprint flat at the same speed (measured with bench/serve_load.py's soak).
-OPENVINO_SHAPE_CACHE = 64
-
-
-def bound_openvino_shape_cache() -> None:
-    """Cap OpenVINO's per-shape kernel cache on the runtime's shared ``Core`` (process-wide:
-    it applies to every model compiled after this call)."""
-    if openvino_importable():
-        set_shape_cache(OPENVINO_SHAPE_CACHE)
+# Input shapes whose compiled kernels OpenVINO's CPU plugin keeps (5000 by default, about
+# 1.5 MB each for MiniLM). Serving meets a new (rows, width) shape with almost every batch:
+# unbounded, the process grows by gigabytes; too few, and most batches recompile. Measured
+# on MiniLM bf16 (2-core AVX-512, the bench's text mix): 64 shapes: 300 / 510 sentences/s at
+# concurrency 1 / 32, ~430 MB; 256: 326 / 551, ~750 MB; 1024: 336 / 579, ~1.1 GB;
+# 5000: 383 / 619 (README, "Serving").
+DEFAULT_SHAPE_CACHE = 1024
 
 
 def parallelism(device: str, threads: int | None, workers: int | None) -> tuple[int | None, int]:
@@ -350,6 +345,7 @@ def create_app(
     api_key: str | None = None,
     model_name: str | None = None,
     limits: Limits | None = None,
+    shape_cache: int = DEFAULT_SHAPE_CACHE,
 ) -> Starlette:
     """The ASGI app serving one model directory (and optionally a recommender store).
 
@@ -371,6 +367,8 @@ def create_app(
         api_key: when set, every route but ``/health`` needs ``Authorization: Bearer``.
         model_name: the name in ``/v1/models`` and responses (default: the directory's).
         limits: body size, inputs per request and characters per text.
+        shape_cache: OpenVINO only: input shapes whose compiled kernels are kept
+            (process-wide); more is faster and takes more memory (``DEFAULT_SHAPE_CACHE``).
 
     Raises:
         NotFoundError / FileFormatError / ConfigError / ProviderError: as ``Encoder`` and
@@ -378,7 +376,9 @@ def create_app(
         ModelMismatchError: the store was encoded by another model.
     """
     threads, workers = parallelism(device, threads, workers)
-    bound_openvino_shape_cache()
+    shape_cache = check_int(shape_cache, "shape_cache")
+    if openvino_importable():
+        set_shape_cache(shape_cache)
     encoder = Encoder(
         model_dir,
         precision=precision,

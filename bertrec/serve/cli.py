@@ -48,6 +48,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--max-queue", type=int, default=8192, help="answer 503 while this many texts wait"
     )
     p.add_argument(
+        "--shape-cache",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="OpenVINO: input shapes whose compiled kernels are kept; more is faster and "
+        "takes more memory (~1.5 MB each for MiniLM; default: %(default)s)",
+    )
+    p.add_argument(
         "--api-key-env",
         default=None,
         metavar="VAR",
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         api_key=_api_key(args.api_key_env),
         model_name=args.model_name,
+        shape_cache=args.shape_cache,
     )
     config = uvicorn.Config(
         app,

@@ -17,7 +17,7 @@ import pytest
 from servekit import KEY_ENV, ServerProcess
 
 from bertrec import Encoder
-from bertrec.errors import ProviderError
+from bertrec.errors import ConfigError, ProviderError
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "robots"]
 
@@ -132,3 +132,16 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     )
     with pytest.raises(ProviderError, match=r"uvicorn.*pip install 'bertrec\[serve\]'"):
         bertrec.serve.create_app("any")
+
+
+def test_bad_shape_cache_is_one_line(tiny_model_dir: Path) -> None:
+    from bertrec.serve.app import DEFAULT_SHAPE_CACHE, create_app
+
+    with pytest.raises(ConfigError, match="shape_cache must be >= 1, got 0"):
+        create_app(tiny_model_dir, shape_cache=0)
+    done = _run_cli(str(tiny_model_dir), "--shape-cache", "-3", "--port", "1")
+    assert done.returncode == 2 and "shape_cache must be >= 1" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    # The command line's default is the library's.
+    help_text = _run_cli("--help").stdout
+    assert "--shape-cache N" in help_text and f"default: {DEFAULT_SHAPE_CACHE}" in help_text
