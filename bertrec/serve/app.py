@@ -306,12 +306,12 @@ def build_app(server: Server) -> Starlette:
     return app
 
 
-# Input shapes whose compiled kernels OpenVINO's CPU plugin keeps (5000 by default, about
-# 1.5 MB each for MiniLM). Serving meets a new (rows, width) shape with almost every batch:
-# unbounded, the process grows by gigabytes; too few, and most batches recompile. Measured
-# on MiniLM bf16 (2-core AVX-512, the bench's text mix): 64 shapes: 300 / 510 sentences/s at
-# concurrency 1 / 32, ~430 MB; 256: 326 / 551, ~750 MB; 1024: 336 / 579, ~1.1 GB;
-# 5000: 383 / 619 (README, "Serving").
+# Input shapes whose compiled kernels OpenVINO's CPU plugin keeps (5000 by default; about
+# 1 MB each for MiniLM, more for larger batches). Serving meets a new (rows, width) shape
+# with almost every batch: unbounded, the process grows by gigabytes; too few, and most
+# batches recompile. Measured on MiniLM bf16 (2-core AVX-512, the bench's text mix):
+# 64 shapes: 300 / 510 sentences/s at concurrency 1 / 32, ~430 MB; 256: 326 / 551,
+# ~750 MB; 1024: 336 / 579, ~1.1 GB; 5000: 383 / 619 (README, "Serving").
 DEFAULT_SHAPE_CACHE = 1024
 
 

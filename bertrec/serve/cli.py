@@ -53,7 +53,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=1024,
         metavar="N",
         help="OpenVINO: input shapes whose compiled kernels are kept; more is faster and "
-        "takes more memory (~1.5 MB each for MiniLM; default: %(default)s)",
+        "takes more memory (roughly 1 MB each for MiniLM; default: %(default)s)",
     )
     p.add_argument(
         "--api-key-env",
