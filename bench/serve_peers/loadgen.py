@@ -235,9 +235,19 @@ async def _closed_loop(
         _, conn = await loop.create_connection(_Connection, split.hostname, split.port)
         return conn
 
+    def failed(why: str) -> None:
+        if result is not None:
+            result.errors += 1
+            if len(result.error_samples) < 5:
+                result.error_samples.append(why[:200])
+
     async def worker() -> None:
         nonlocal sent
-        conn = await connect()
+        try:
+            conn = await connect()
+        except OSError as exc:  # the server is gone: an error, not a crash of the run
+            failed(f"connect: {exc!r}")
+            return
         try:
             while sent < max_requests and time.perf_counter() < stop_at:
                 request = requests[sent % len(requests)]
@@ -247,10 +257,15 @@ async def _closed_loop(
                     status, payload = await asyncio.wait_for(conn.send(request), 120)
                     ok = status == 200
                 except (TimeoutError, ConnectionError, OSError) as exc:
-                    ok, payload = False, repr(exc).encode()
+                    failed(repr(exc))
                     if conn.transport is not None:
                         conn.transport.close()
-                    conn = await connect()
+                    try:
+                        conn = await connect()
+                    except OSError as again:
+                        failed(f"reconnect: {again!r}")
+                        return
+                    continue
                 if result is None:
                     continue
                 if ok:
@@ -258,9 +273,7 @@ async def _closed_loop(
                     result.requests += 1
                     result.sentences += per_request
                 else:
-                    result.errors += 1
-                    if len(result.error_samples) < 5:
-                        result.error_samples.append(payload[:200].decode(errors="replace"))
+                    failed(payload.decode(errors="replace"))
         finally:
             if conn.transport is not None:
                 conn.transport.close()
