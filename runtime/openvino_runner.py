@@ -146,7 +146,7 @@ class OpenVinoRunner:
                 else self._compile("THROUGHPUT", NUM_STREAMS=streams, total=threads * streams)
             )
             # With streams, a call made alone runs on a one-stream model of all the
-            # threads: a server's lone request is then as fast as a bare encode([text]).
+            # threads, as a bare encode([text]) uses (a server's lone request).
             self._whole = (
                 None if streams == 1 else self._compile("LATENCY", total=threads * streams)
             )
