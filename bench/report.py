@@ -617,6 +617,11 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         f"p50 {fmt(off.get('bare_encode_1', {}).get('p50_ms'), '.1f')} ms.",
         "",
     ]
+
+    def level(system: str, name: str) -> dict[str, Any]:
+        rows = systems.get(system, {}).get("levels", [])
+        return next((x for x in rows if x.get("level") == name), {})
+
     shown = [s for s, e in systems.items() if e.get("levels")]
     what = ("sentences/s", "p99 ms", "CPU ms/sentence")
     header = ["load"] + [f"{s} {w}" for s in shown for w in what]
@@ -624,7 +629,7 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
     for name in names:
         row = [name]
         for system in shown:
-            r = next((x for x in systems[system]["levels"] if x.get("level") == name), {})
+            r = level(system, name)
             row += [
                 fmt(r.get("sentences_per_s")),
                 fmt(r.get("p99_ms"), ".0f"),
@@ -660,10 +665,7 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
     if ceiling.get("levels"):
         parts = []
         for name, row in ceiling["levels"].items():
-            served = next(
-                (x for x in systems.get("bertrec", {}).get("levels", []) if x.get("level") == name),
-                {},
-            ).get("sentences_per_s")
+            served = level("bertrec", name).get("sentences_per_s")
             eng = row.get("sentences_per_s")
             share = served / eng if served and eng else None
             parts.append(

@@ -455,7 +455,7 @@ class Encoder:
             run_many(padded(), out)  # the runner overlaps batches (OpenVINO streams)
         else:
             for rows, feeds in padded():
-                out[rows] = self._runner.run(feeds, alone=alone and self.streams > 1)
+                out[rows] = self._runner.run(feeds, alone=alone)
         if progress is not None:
             progress.close()
         return out

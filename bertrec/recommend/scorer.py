@@ -231,9 +231,7 @@ class Scorer:
         m = self.top_m
 
         def content(start: int, stop: int) -> NDArray[np.float32]:
-            out = np.empty((len(users), stop - start), dtype=np.float32)
-            if len(plans) != 1 or len(plans[0][0]) != len(users):
-                out.fill(0.0)
+            out = np.zeros((len(users), stop - start), dtype=np.float32)
             block = catalog[start:stop]
             for members, width, stack, scaled in plans:
                 # Entries as rows: each entry's similarities to the block are one
@@ -253,7 +251,7 @@ def top_m_sum(sims: NDArray[np.float32], m: int) -> NDArray[np.float32]:
     For a few entries kept (the defaults keep 2) the values are kept in ``m`` running
     maxima, updated elementwise entry by entry: 2m passes over contiguous rows, where
     ``np.partition`` along a short axis works item by item (bench/cf_scale.py times both
-    on 200,000 items by 10 entries: about 1 ms against 9 on AVX-512).
+    on 200,000 items by 10 entries: about 1 ms against 7 on AVX-512).
     """
     width = sims.shape[1]
     if m >= width:
@@ -261,15 +259,10 @@ def top_m_sum(sims: NDArray[np.float32], m: int) -> NDArray[np.float32]:
     if m > RUNNING_TOP_M:
         return np.partition(sims, width - m, axis=1)[:, width - m :].sum(axis=1)
     # tops[0] >= tops[1] >= ... elementwise; each entry is bubbled down through them.
-    tops = [sims[:, j].copy() for j in range(m)]
-    for i in range(1, m):  # sort the first m entries elementwise
-        for j in range(i, 0, -1):
-            hi = np.maximum(tops[j - 1], tops[j])
-            np.minimum(tops[j - 1], tops[j], out=tops[j])
-            tops[j - 1] = hi
+    tops = [np.full(sims[:, 0].shape, -np.inf, dtype=sims.dtype) for _ in range(m)]
     x = np.empty_like(tops[0])
     hi = np.empty_like(tops[0])
-    for e in range(m, width):
+    for e in range(width):
         np.copyto(x, sims[:, e])
         for j in range(m):
             np.maximum(tops[j], x, out=hi)
