@@ -139,17 +139,23 @@ def per_token_matmuls(model: onnx.ModelProto, names: Collection[str]) -> list[st
     row has its own symmetric scale, max|x| / 127, so a text's vector is the same whatever
     else is in its batch; weights are int8 per output column::
 
-        x2 = Reshape(x, [-1, K]);  s = max(ReduceMax(|x2|, axis 1), eps) / 127
-        q  = Cast(Clip(Round(x2 / s) + 128, 0, 255), uint8)          # zero point 128
+        x2 = Reshape(x, [-1, K])
+        s  = Max(ReduceMax(x2, 1), -ReduceMin(x2, 1), eps) / 127            # (rows, 1)
+        q  = QuantizeLinear(x2, s, 128, axis=0)                              # uint8
         y  = Reshape(Cast(MatMulInteger(q, W_int8, 128, 0), float) * s * w_scale, [..., N])
 
     The row scale is applied after the integer product, so one zero point serves every row.
+    The max of |x| is read as the larger of max(x) and -min(x) (two reductions that write
+    nothing, where Abs wrote a copy of the activations), and ``QuantizeLinear`` with one
+    scale per row does divide, round, shift and saturate in one pass (it replaced five
+    elementwise nodes; the same integers come out, and ONNX Runtime ran MiniLM int8
+    ~20% faster on short texts, bench/README.md).
 
     Returns:
         The names of the MatMuls replaced.
     """
     inits = _initializers(model)
-    new_axes = _opset(model) >= 18  # ReduceMax takes its axes as an input from opset 18
+    new_axes = _opset(model) >= 18  # Reduce* take their axes as an input from opset 18
     done: list[str] = []
     for node in list(model.graph.node):
         if node.name not in names or node.op_type != "MatMul" or node.input[1] not in inits:
@@ -172,39 +178,40 @@ def per_token_matmuls(model: onnx.ModelProto, names: Collection[str]) -> list[st
             "wq": w_q,
             "ws": w_scale.astype(np.float32),
             "shape2d": np.array([-1, k], np.int64),
+            "flat": np.array([-1], np.int64),
             "n": np.array([n], np.int64),
             "start": np.array([0], np.int64),
             "end": np.array([-1], np.int64),
             "inv127": np.array(1 / 127.0, np.float32),
             "eps": np.array(1e-8, np.float32),
-            "c128": np.array(128.0, np.float32),
-            "c0": np.array(0.0, np.float32),
-            "c255": np.array(255.0, np.float32),
             "azp": np.array(128, np.uint8),
             "bzp": np.array(0, np.int8),
         }
         if new_axes:
             consts["axes"] = np.array([1], np.int64)
         model.graph.initializer.extend(numpy_helper.from_array(v, t(c)) for c, v in consts.items())
-        reduce = (
-            helper.make_node("ReduceMax", [t("ax"), t("axes")], [t("amax")], keepdims=1)
-            if new_axes
-            else helper.make_node("ReduceMax", [t("ax")], [t("amax")], axes=[1], keepdims=1)
-        )
+
+        def reduce(op: str, out: str) -> onnx.NodeProto:
+            if new_axes:
+                return helper.make_node(op, [t("x2"), t("axes")], [out], keepdims=1)
+            return helper.make_node(op, [t("x2")], [out], axes=[1], keepdims=1)
+
         new = [
             helper.make_node("Shape", [x], [t("xshape")]),
             helper.make_node("Slice", [t("xshape"), t("start"), t("end")], [t("lead")]),
             helper.make_node("Concat", [t("lead"), t("n")], [t("outshape")], axis=0),
             helper.make_node("Reshape", [x, t("shape2d")], [t("x2")]),
-            helper.make_node("Abs", [t("x2")], [t("ax")]),
-            reduce,
-            helper.make_node("Max", [t("amax"), t("eps")], [t("amax2")]),
-            helper.make_node("Mul", [t("amax2"), t("inv127")], [t("s")]),
-            helper.make_node("Div", [t("x2"), t("s")], [t("xs")]),
-            helper.make_node("Round", [t("xs")], [t("xr")]),
-            helper.make_node("Add", [t("xr"), t("c128")], [t("xo")]),
-            helper.make_node("Clip", [t("xo"), t("c0"), t("c255")], [t("xc")]),
-            helper.make_node("Cast", [t("xc")], [t("xq")], to=TensorProto.UINT8),
+            reduce("ReduceMax", t("hi")),
+            reduce("ReduceMin", t("lo")),
+            helper.make_node("Neg", [t("lo")], [t("nlo")]),
+            helper.make_node("Max", [t("hi"), t("nlo"), t("eps")], [t("amax")]),
+            helper.make_node("Mul", [t("amax"), t("inv127")], [t("s")]),
+            # QuantizeLinear takes one scale per row as a 1-D tensor, and then a zero point
+            # of the same length (128 for every row).
+            helper.make_node("Reshape", [t("s"), t("flat")], [t("s1")]),
+            helper.make_node("Shape", [t("s1")], [t("rows")]),
+            helper.make_node("Expand", [t("azp"), t("rows")], [t("zps")]),
+            helper.make_node("QuantizeLinear", [t("x2"), t("s1"), t("zps")], [t("xq")], axis=0),
             helper.make_node("MatMulInteger", [t("xq"), t("wq"), t("azp"), t("bzp")], [t("yi")]),
             helper.make_node("Cast", [t("yi")], [t("yf")], to=TensorProto.FLOAT),
             helper.make_node("Mul", [t("yf"), t("s")], [t("y1")]),

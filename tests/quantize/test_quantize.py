@@ -14,7 +14,11 @@ from hypothesis import strategies as st
 
 import bertrec
 from bertrec.quantize import Gate, add_variant, matmul_groups, top10_overlap
-from bertrec.quantize.graph import quantize_embedding_rows, store_matmul_weights_fp16
+from bertrec.quantize.graph import (
+    per_token_matmuls,
+    quantize_embedding_rows,
+    store_matmul_weights_fp16,
+)
 from bertrec.runtime.manifest import read_manifest
 from bertrec.runtime.texts import default_sentences, read_text_file
 
@@ -125,6 +129,56 @@ def test_graph_edits_preserve_outputs(tiny_model_dir: Path, tmp_path: Path) -> N
     assert np.min(np.sum(a * b, axis=1)) > 0.999
 
 
+def _one_matmul(k: int, n: int, opset: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(3).normal(size=(k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # what ONNX Runtime reads, whatever the onnx package writes
+    return model, w
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_per_token_matmul_is_the_reference_quantization(opset: int) -> None:
+    """The graph computes exactly per-row symmetric int8 (scale max|x| / 127, round half to
+    even) times per-column int8 weights, whatever else is in the batch: a NumPy reference
+    gives the same numbers, an all-zero row stays zero, the extremes of a row map to
+    +-127."""
+    import onnxruntime as ort
+
+    model, w = _one_matmul(16, 8, opset)
+    assert per_token_matmuls(model, {"mm"}) == ["mm"]
+    assert not any(node.op_type == "MatMul" for node in model.graph.node)
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(4).normal(size=(3, 5, 16)).astype(np.float32)
+    x[1, 2] = 0.0  # a row of zeros: the eps scale, not a division by zero
+    x[2, 0, 3] = -40.0  # a row whose largest magnitude is negative
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+
+    rows = x.reshape(-1, 16)
+    s = np.maximum(np.abs(rows).max(axis=1, keepdims=True), np.float32(1e-8)) * np.float32(
+        1 / 127.0
+    )
+    q = np.clip(np.rint(rows / s), -127, 127)
+    assert np.abs(q).max() == 127 and q[2 * 5].min() == -127
+    w_scale = np.abs(w).max(axis=0) / 127.0
+    w_q = np.clip(np.rint(w / w_scale), -127, 127)
+    want = ((q @ w_q) * s * w_scale.astype(np.float32)).reshape(3, 5, 8)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(got[1, 2] == 0.0)
+    # One row alone gives the same numbers as inside the batch.
+    alone = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[2:3, :1]})[0]
+    np.testing.assert_array_equal(alone[0, 0], got[2, 0])
+
+
 def test_top10_overlap() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 8)).astype(np.float32)
@@ -214,7 +268,8 @@ def test_int8_on_an_opset_18_export(tiny_bert_dir: Path, tmp_path: Path) -> None
 
     d = export_model(tiny_bert_dir, tmp_path / "m", precision="fp32,int8", opset=18)
     g = onnx.load(str(d / "model.int8.onnx")).graph
-    reduces = [n for n in g.node if n.op_type == "ReduceMax"]
-    assert reduces and all(len(n.input) == 2 and not n.attribute[1:] for n in reduces)
+    reduces = [n for n in g.node if n.op_type in ("ReduceMax", "ReduceMin")]
+    assert {n.op_type for n in reduces} == {"ReduceMax", "ReduceMin"}
+    assert all(len(n.input) == 2 and not n.attribute[1:] for n in reduces)
     enc = bertrec.Encoder(d, precision="int8", backend="onnxruntime")
     assert np.isfinite(enc.encode(default_sentences()[:8])).all()
