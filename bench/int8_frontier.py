@@ -85,6 +85,66 @@ def _post(dst: Path, fp16_names: list[str], emb_rows: bool) -> None:
     onnx.save(m, str(dst))
 
 
+def earlier_graph(m: onnx.ModelProto) -> int:
+    """Rewrite ``per_token_matmuls``' groups, in place, back into the graph it wrote until
+    2026-11-30: ``|x|`` by ``Abs`` then ``ReduceMax``; ``Div, Round, Add 128, Clip, Cast``
+    where ``QuantizeLinear`` stands now; ``MatMulInteger, Cast, Mul, Mul`` for
+    ``MatMulIntegerToFloat`` and its ``Mul``. The same integers; kept so that one run
+    measures what the rewrite gained. Returns the groups rewritten."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    new_axes = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13) >= 18
+    consts = {"c128": 128.0, "c0": 0.0, "c255": 255.0}
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    for node in m.graph.node:
+        if node.op_type != "MatMulIntegerToFloat":
+            continue
+        xq, wq, _, ws, azp, bzp = node.input
+        base = xq[: -len("xq")]
+
+        def t(suffix: str, base: str = base) -> str:
+            return base + suffix
+
+        m.graph.initializer.extend(
+            numpy_helper.from_array(np.array(v, np.float32), t(k)) for k, v in consts.items()
+        )
+        reduce = (
+            helper.make_node("ReduceMax", [t("ax"), t("axes")], [t("amax0")], keepdims=1)
+            if new_axes
+            else helper.make_node("ReduceMax", [t("ax")], [t("amax0")], axes=[1], keepdims=1)
+        )
+        replaced[t("amax")] = [
+            helper.make_node("Abs", [t("x2")], [t("ax")]),
+            reduce,
+            helper.make_node("Max", [t("amax0"), t("eps")], [t("amax")]),
+        ]
+        replaced[t("xq")] = [
+            helper.make_node("Div", [t("x2"), t("s")], [t("xs")]),
+            helper.make_node("Round", [t("xs")], [t("xr")]),
+            helper.make_node("Add", [t("xr"), t("c128")], [t("xo")]),
+            helper.make_node("Clip", [t("xo"), t("c0"), t("c255")], [t("xc")]),
+            helper.make_node("Cast", [t("xc")], [xq], to=TensorProto.UINT8),
+        ]
+        replaced[t("y2")] = [
+            helper.make_node("MatMulInteger", [xq, wq, azp, bzp], [t("yi")]),
+            helper.make_node("Cast", [t("yi")], [t("yf")], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [t("yf"), t("s")], [t("y1")]),
+            helper.make_node("Mul", [t("y1"), ws], [t("y2")]),
+        ]
+        for out in ("hi", "lo", "nlo", "s1", "rows", "zps", "yw"):
+            replaced[t(out)] = []
+    nodes = []
+    for node in m.graph.node:
+        nodes.extend(replaced.get(node.output[0], [node]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    unused = [init for init in m.graph.initializer if init.name not in used]
+    for init in unused:  # the per-row scale's reshape and the unit scale
+        m.graph.initializer.remove(init)
+    return sum(node.op_type == "MatMulInteger" for node in nodes)
+
+
 def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
     src = model_dir / "model.fp32.onnx"
     groups = matmul_groups(onnx.load(str(src)))
@@ -115,6 +175,13 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
         # The recipe add_variant builds, with the given MatMul groups kept in fp32.
         return lambda dst: (_quantize_int8(src, dst, keep), None)[1]
 
+    def earlier(dst: Path) -> None:
+        _quantize_int8(src, dst, ())
+        m = onnx.load(str(dst))
+        if not earlier_graph(m):
+            raise RuntimeError("no per-token group found to rewrite")
+        onnx.save(m, str(dst))
+
     def per_token(rows: list[str], keep: list[str]) -> Callable[[Path], None]:
         def build(dst: Path) -> None:
             tmp = dst.with_suffix(".dyn.onnx")
@@ -129,6 +196,7 @@ def recipes(model_dir: Path) -> dict[str, Callable[[Path], None]]:
 
     return {
         "per-token activations, all MatMuls (bertrec default)": library(()),
+        "per-token activations, all MatMuls, the earlier graph": earlier,
         "per-token activations, layer 0 FFN up in fp32": library(("first_ffn_up",)),
         "per-token activations, FFN down and layer 0 FFN up in fp32": library(
             ("ffn_down", "first_ffn_up")

@@ -56,9 +56,9 @@ def test_int8_graph_is_quantized(model_copy: Path) -> None:
     v = add_variant(model_copy, "int8")
     g = onnx.load(str(model_copy / "model.int8.onnx")).graph
     ops = {n.op_type for n in g.node}
-    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" not in ops
+    assert "MatMulIntegerToFloat" in ops and "DynamicQuantizeLinear" not in ops
     assert v.recipe["int8_matmuls"] == 12 and v.recipe["fp32_matmuls"] == 0
-    assert sum(n.op_type == "MatMulInteger" for n in g.node) == 12
+    assert sum(n.op_type == "MatMulIntegerToFloat" for n in g.node) == 12
     # The tiny vocabulary is under the 1,000-row threshold for int8 embedding rows.
     assert v.recipe["embedding_tables_int8_rows"] == []
 
