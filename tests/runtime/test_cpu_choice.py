@@ -142,21 +142,31 @@ def choose(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("isa", "backend", "why"),
+    ("isa", "backend", "why", "with_int8"),
     [
-        ("amx", "openvino", "amx: CPU has bf16"),
-        ("avx512-bf16", "openvino", "avx512-bf16: CPU has bf16"),
-        ("avx512-vnni", "onnxruntime", "avx512-vnni: no bf16"),
-        ("avx2-vnni", "onnxruntime", "avx2-vnni: no bf16"),
-        ("older", "onnxruntime", "older: no bf16"),
+        ("amx", "openvino", "amx: CPU has bf16", "openvino"),
+        ("avx512-bf16", "openvino", "avx512-bf16: CPU has bf16", "onnxruntime"),
+        ("avx512-vnni", "onnxruntime", "avx512-vnni: no bf16", "onnxruntime"),
+        ("avx2-vnni", "onnxruntime", "avx2-vnni: no bf16", "onnxruntime"),
+        ("older", "onnxruntime", "older: no bf16", "onnxruntime"),
     ],
 )
-def test_auto_by_isa(choose: Any, tiny_model_dir: Path, isa: str, backend: str, why: str) -> None:
+def test_auto_by_isa(
+    choose: Any, tiny_model_dir: Path, isa: str, backend: str, why: str, with_int8: str
+) -> None:
     choose(isa)
     m = read_manifest(tiny_model_dir)
     good = replace(m, runtime_checks={"openvino-bf16": {"min_cos": 0.99999}})
     got = encoder_mod.choose_backend("auto", "cpu", "auto", good, tiny_model_dir, 1)
     assert got[0] == backend and why in got[1]
+    # A model with an int8 variant: VNNI int8 wherever there is no AMX, bf16 CPUs included.
+    int8 = replace(good, variants={**good.variants, "int8": good.variants["fp32"]})
+    got = encoder_mod.choose_backend("auto", "cpu", "auto", int8, tiny_model_dir, 1)
+    assert got[0] == with_int8
+    if isa == "avx512-bf16":
+        assert "VNNI int8 measured faster than bf16" in got[1]
+        # bf16 asked for is OpenVINO bf16 still.
+        assert encoder_mod.choose_backend("auto", "cpu", "bf16", int8)[0] == "openvino"
     # An asked-for backend or ONNX Runtime variant is never second-guessed.
     assert encoder_mod.choose_backend("onnxruntime", "cpu", "auto", good)[0] == "onnxruntime"
     assert encoder_mod.choose_backend("auto", "cpu", "int8", good)[0] == "onnxruntime"
