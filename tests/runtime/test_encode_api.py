@@ -91,6 +91,26 @@ def test_sentence_transformers_keywords(enc: bertrec.Encoder) -> None:
         enc.encode(TEXTS, not_an_argument=1)  # type: ignore[call-arg]
 
 
+def test_few_texts_tokenize_as_many_do(enc: bertrec.Encoder) -> None:
+    """Up to SERIAL_TOKENIZE_TEXTS texts are tokenized one by one, more in one batch call:
+    the same ids and masks either way, and the same one-line error for a bad text."""
+    from bertrec.runtime.encoder import SERIAL_TOKENIZE_TEXTS
+
+    texts = [TEXTS[i % len(TEXTS)] + " " * (i % 3) + "x" * i for i in range(40)]
+    many = enc.tokenize(texts)
+    assert len(texts) > SERIAL_TOKENIZE_TEXTS
+    for n in (1, 2, SERIAL_TOKENIZE_TEXTS, SERIAL_TOKENIZE_TEXTS + 1):
+        few = enc.tokenize(texts[:n])
+        assert [e.ids for e in few] == [e.ids for e in many[:n]]
+        assert [e.attention_mask for e in few] == [e.attention_mask for e in many[:n]]
+    for n in (1, SERIAL_TOKENIZE_TEXTS + 1):
+        bad = ["fine"] * (n - 1) + ["lone \ud800 surrogate"]
+        with pytest.raises(
+            bertrec.InputValueError, match=rf"texts\[{n - 1}\] is not valid Unicode"
+        ):
+            enc.tokenize(bad)
+
+
 def test_tokenize_then_encode_tokens_equals_encode(enc: bertrec.Encoder) -> None:
     tokens = enc.tokenize(TEXTS)
     assert [len(t.ids) for t in tokens][2] == 2  # [CLS] [SEP] for the empty text
