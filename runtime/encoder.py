@@ -262,7 +262,8 @@ class Encoder:
             ``threads`` threads (a server's inference workers). OpenVINO compiles that many
             streams: a model compiled for one runs concurrent callers one after another.
             ONNX Runtime runs concurrent calls side by side anyway (give each
-            ``threads=1`` so they do not share one thread pool).
+            ``threads=1`` so they do not share one thread pool). Either way a call made
+            alone (``encode_tokens(..., alone=True)``) runs on every stream's threads.
 
     The Encoder only reads its model directory: every file keeps its bytes and mtime.
     What it caches (ONNX Runtime's optimized graph, OpenVINO's compiled model, the measured
@@ -325,7 +326,14 @@ class Encoder:
             from .ort_runner import OrtRunner
 
             self._runner = OrtRunner(
-                self.model_dir, self.manifest, precision, device, io_binding, self.threads, verify
+                self.model_dir,
+                self.manifest,
+                precision,
+                device,
+                io_binding,
+                self.threads,
+                verify,
+                streams,
             )
         self.device = self._runner.device
         self.precision = self._runner.precision

@@ -225,6 +225,17 @@ def test_streams_give_the_same_vectors(tiny_model_dir: Path, backend: str) -> No
     for i, t in enumerate(tokens):
         got = two.encode_tokens([t], alone=True)[0]
         np.testing.assert_allclose(got / np.linalg.norm(got), want[i], atol=1e-5)
+    if backend == "onnxruntime":
+        # ONNX Runtime: a lone call runs on a second session of both streams' threads, with
+        # or without IO binding (one binding per session and thread).
+        whole = two._runner._whole
+        assert whole is not None and whole.get_session_options().intra_op_num_threads == 2
+        assert one._runner._whole is None
+        bound = make(tiny_model_dir, backend, threads=1, streams=2, io_binding=True)
+        for i, t in enumerate(tokens):
+            for alone in (True, False, True):
+                got = bound.encode_tokens([t], alone=alone)[0]
+                np.testing.assert_allclose(got / np.linalg.norm(got), want[i], atol=1e-5)
 
 
 def test_auto_precision_falls_back_to_fp32(tiny_model_dir: Path) -> None:
