@@ -680,6 +680,20 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
             + ". Small windows, not the HTTP side, hold most of the distance to offline "
             "`encode` (which sorts all its texts by length into full batches).",
         ]
+    other = rec.get("engine_ceiling_bf16") or {}
+    if other.get("levels") and ceiling.get("levels"):
+        parts = []
+        for name, row in other["levels"].items():
+            mine = ceiling["levels"].get(name, {}).get("sentences_per_s")
+            theirs = row.get("sentences_per_s")
+            ratio = mine / theirs if mine and theirs else None
+            parts.append(f"{name}: {fmt(theirs)} sentences/s ({ceiling.get('precision')} "
+                         f"{fmt(ratio, '.2f')}x of it)")  # fmt: skip
+        lines += [
+            "",
+            f"The same windows on OpenVINO bf16 (`--precision bf16`; the server's auto ran "
+            f"{ceiling.get('backend')} {ceiling.get('precision')}): " + "; ".join(parts) + ".",
+        ]
     soak = rec.get("checks", {}).get("soak")
     if soak:
         lines += [

@@ -124,7 +124,9 @@ def offline_reference(model_dir: Path, texts: list[str], st: Settings) -> dict[s
     }
 
 
-def engine_ceiling(model_dir: Path, texts: list[str], st: Settings) -> dict[str, Any]:
+def engine_ceiling(
+    model_dir: Path, texts: list[str], st: Settings, precision: str = "auto"
+) -> dict[str, Any]:
     """What the server's engine does with no HTTP in front of it: for each single-text
     level of concurrency ``c``, windows of ``c / workers`` texts (what each inference
     worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
@@ -138,11 +140,17 @@ def engine_ceiling(model_dir: Path, texts: list[str], st: Settings) -> dict[str,
     from bertrec.serve.batcher import CALL_COST_SHARE, length_groups
 
     threads, workers = parallelism("cpu", None, None)
-    enc = Encoder(model_dir, threads=threads, streams=workers)
+    enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     call = max(1, int(enc.max_batch_tokens * CALL_COST_SHARE))
-    out: dict[str, Any] = {"threads": threads, "workers": workers, "levels": {}}
+    out: dict[str, Any] = {
+        "threads": threads,
+        "workers": workers,
+        "precision": enc.precision,
+        "backend": enc.backend,
+        "levels": {},
+    }
     for name, conc, per in LEVELS:
         if per != 1:
             continue
@@ -411,6 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = engine_ceiling(model_dir, mix.texts, st)
     for name, row in ceiling["levels"].items():
         log(f"engine alone, {name}: {row['sentences_per_s']:.1f} sentences/s")
+    # The same windows on OpenVINO bf16, where the server's auto chose another path: what
+    # the choice is worth to a server.
+    from bertrec.runtime.openvino_runner import cpu_has_bf16, openvino_importable
+
+    ceiling_bf16 = None
+    if ceiling["precision"] != "bf16" and cpu_has_bf16() and openvino_importable():
+        ceiling_bf16 = engine_ceiling(model_dir, mix.texts, st, precision="bf16")
+        for name, row in ceiling_bf16["levels"].items():
+            log(f"engine alone, bf16, {name}: {row['sentences_per_s']:.1f} sentences/s")
     logs = Path(tempfile.mkdtemp(prefix="bertrec-serve-load-"))
     servers = start_servers(model_dir, st, logs)
     try:
@@ -433,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "texts": mix.describe(),
         "offline": offline,
         "engine_ceiling": ceiling,
+        "engine_ceiling_bf16": ceiling_bf16,
         "systems": systems,
         "checks": checks,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
