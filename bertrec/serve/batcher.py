@@ -149,7 +149,9 @@ class Batcher:
         """Start the inference threads; ``ready`` is set once each has warmed up."""
         self._loop = loop
         for i in range(self.workers):
-            thread = threading.Thread(target=self._main, name=f"bertrec-inference-{i}", daemon=True)
+            thread = threading.Thread(
+                target=self._main, args=(i,), name=f"bertrec-inference-{i}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -197,7 +199,7 @@ class Batcher:
                 self._peak = max(self._peak, self._pending)
                 self._queue.append((job, 0))
                 self._queued_tokens += int(lengths.sum())
-                self._cond.notify()
+                self._cond.notify_all()  # worker 0 when idle, whichever is free otherwise
             await job.future
         except asyncio.CancelledError:
             job.cancelled = True  # the scheduler drops what has not run yet
@@ -234,14 +236,14 @@ class Batcher:
 
     # -- the inference thread -------------------------------------------------------------
 
-    def _main(self) -> None:
+    def _main(self, worker: int) -> None:
         self._warm_up()
         with self._cond:
             self._warmed += 1
             if self._warmed == self.workers:
                 self.ready.set()
         while True:
-            window = self._next_window()
+            window = self._next_window(worker)
             if window is None:
                 return
             self._run(window)
@@ -256,12 +258,15 @@ class Batcher:
         except Exception:  # a model that cannot run shows it on the first request too
             log.exception("warm-up failed")
 
-    def _next_window(self) -> list[tuple[_Job, int, int]] | None:
-        """Wait for work by the scheduling rule, then cut a window off the queue."""
+    def _next_window(self, worker: int) -> list[tuple[_Job, int, int]] | None:
+        """Wait for work by the scheduling rule, then cut a window off the queue. An idle
+        engine's work goes to worker 0, the others join while a window runs: a lone
+        request always meets the same thread (and its backend state, warm) instead of
+        the workers taking turns."""
         with self._cond:
             while True:
-                if not self._queue:
-                    if self._closing:
+                if not self._queue or (worker and not self._busy and not self._closing):
+                    if self._closing and not self._queue:
                         return None
                     self._cond.wait()
                     continue
@@ -350,7 +355,7 @@ class Batcher:
             self._busy -= 1
             if not self._busy:
                 self._free_since = time.monotonic()
-            self._cond.notify()
+            self._cond.notify_all()
         if done and self._loop is not None:
             self._loop.call_soon_threadsafe(self._finish, done, error)
         if self._observe is not None:
