@@ -12,6 +12,9 @@ import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,9 @@ class OrtRunner:
                 self._whole = ort.InferenceSession(str(path), options, providers=[CPU])
             self.cache = cache
         self._local = threading.local()
+        self._path, self._variant = path, variant
+        self._lock = threading.Lock()
+        self._side_by_side: tuple[ort.InferenceSession, ThreadPoolExecutor] | None = None
         self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
     def _options(self, threads: int | None = None) -> ort.SessionOptions:
@@ -226,6 +232,57 @@ class OrtRunner:
         )
         session.run_with_iobinding(binding)
         return out
+
+    def run_many(
+        self,
+        batches: Iterable[tuple[NDArray[np.intp], dict[str, NDArray[np.int64]]]],
+        out: NDArray[np.float32],
+    ) -> None:
+        """Run several batches and write each one's rows of ``out``.
+
+        On a CPU with two or more threads, ``threads`` batches run side by side, one
+        thread each (a session of one intra-op thread, called from a pool of ``threads``
+        threads), while this thread pads the next ones: ONNX Runtime's intra-op threads
+        meet at every node, so one batch on all threads spends much of its time waiting
+        (MiniLM int8 on 2 cores: compare the ``bertrec onnxruntime int8`` rows of
+        bench.throughput's records before and after this path, bench/README.md). Single
+        batches, CUDA, and one thread keep ``run``.
+        """
+        if self.device != "cpu" or self.threads < 2:
+            for rows, feeds in batches:
+                out[rows] = self.run(feeds)
+            return
+        session, pool = self._side_by_side_pool()
+
+        def one(rows: NDArray[np.intp], feeds: dict[str, NDArray[np.int64]]) -> None:
+            out[rows] = session.run([self.output], feeds)[0]
+
+        running: deque[Future[None]] = deque()
+        try:
+            for rows, feeds in batches:
+                if len(running) >= 2 * self.threads:  # padded batches in memory stay few
+                    running.popleft().result()
+                running.append(pool.submit(one, rows, feeds))
+        except BaseException:
+            wait(running)  # no batch writes into ``out`` once this has returned
+            raise
+        for job in running:
+            job.result()
+
+    def _side_by_side_pool(self) -> tuple[ort.InferenceSession, ThreadPoolExecutor]:
+        with self._lock:
+            if self._side_by_side is None:
+                cache = self.cache
+                if self.precision in CACHED_PRECISIONS:
+                    session = self._cpu_session(self._path, self._variant, False, 1)
+                else:
+                    session = ort.InferenceSession(
+                        str(self._path), self._options(1), providers=[CPU]
+                    )
+                self.cache = cache
+                pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bertrec-ort")
+                self._side_by_side = (session, pool)
+            return self._side_by_side
 
 
 def session_cache_dir(variant: Variant) -> Path:

@@ -212,6 +212,38 @@ def test_bad_constructor_arguments(tiny_model_dir: Path) -> None:
         bertrec.Encoder(tiny_model_dir, streams="2")  # type: ignore[arg-type]
 
 
+def test_onnxruntime_runs_batches_side_by_side(tiny_model_dir: Path) -> None:
+    """With two threads on a CPU, ONNX Runtime runs several batches at once on one thread
+    each: the same vectors as one batch at a time, and a batch that fails fails the call
+    (after every batch already started has finished)."""
+    texts = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
+    one = bertrec.Encoder(tiny_model_dir, backend="onnxruntime", precision="fp32", threads=1)
+    two = bertrec.Encoder(
+        tiny_model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
+    )
+    want = one.encode(texts)
+    np.testing.assert_allclose(two.encode(texts), want, atol=1e-5)
+    session, pool = two._runner._side_by_side
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert pool._max_workers == 2
+    assert one._runner._side_by_side is None  # one thread: one batch at a time
+
+    class Failing:
+        calls = 0
+
+        def run(self, names: object, feeds: object) -> object:
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise RuntimeError("batch 3 failed")
+            return session.run(names, feeds)
+
+    two._runner._side_by_side = (Failing(), pool)
+    with pytest.raises(RuntimeError, match="batch 3 failed"):
+        two.encode(texts)
+    two._runner._side_by_side = (session, pool)
+    np.testing.assert_allclose(two.encode(texts), want, atol=1e-5)
+
+
 def test_streams_give_the_same_vectors(tiny_model_dir: Path, backend: str) -> None:
     """A model compiled for concurrent callers (OpenVINO streams) encodes as one that is
     not: the same graph, only scheduled differently."""
