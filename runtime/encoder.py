@@ -132,9 +132,9 @@ def choose_backend(
         and manifest is not None
         and "int8" in manifest.variants
     ):
-        # Measured on AVX-512 BF16 + VNNI (bench/README.md): ONNX Runtime int8 as fast as
-        # OpenVINO bf16 on long texts, faster on short ones and much faster on a server's
-        # small batches (half the weight bytes per call). Both pass the int8 gate;
+        # Measured on AVX-512 BF16 + VNNI (bench/README.md): ONNX Runtime int8 faster than
+        # OpenVINO bf16 on short and long texts and much faster on a server's small
+        # batches (half the weight bytes per call). Both pass the int8 gate;
         # precision="bf16" keeps the more faithful path.
         return "onnxruntime", (
             f"{features.isa}: VNNI int8 measured faster than bf16 on this ISA; "
