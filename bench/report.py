@@ -672,13 +672,23 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
                 f"{name}: {fmt(eng)} sentences/s in windows of {row.get('window_texts')} "
                 f"(served: {fmt(share, '.2f')}x of it)"
             )
+        head = ceiling["levels"].get("1 text, c=32", {}).get("sentences_per_s")
+        served = level("bertrec", "1 text, c=32").get("sentences_per_s")
+        offline = rec.get("offline", {}).get("sentences_per_s")
+        split = ""
+        if head and served and offline:
+            split = (
+                f" At c=32 the windows alone reach {head / offline:.2f}x offline `encode` "
+                "(which sorts all its texts by length into full batches) and the HTTP side "
+                f"keeps {served / head:.2f}x of that."
+            )
         lines += [
             "",
             f"The server's engine alone ({ceiling.get('workers')} workers x "
             f"{ceiling.get('threads')} thread, its windows at each concurrency, no HTTP): "
             + "; ".join(parts)
-            + ". Small windows, not the HTTP side, hold most of the distance to offline "
-            "`encode` (which sorts all its texts by length into full batches).",
+            + "."
+            + split,
         ]
     other = rec.get("engine_ceiling_bf16") or {}
     if other.get("levels") and ceiling.get("levels"):
