@@ -244,6 +244,21 @@ def test_onnxruntime_runs_batches_side_by_side(tiny_model_dir: Path) -> None:
     np.testing.assert_allclose(two.encode(texts), want, atol=1e-5)
 
 
+def test_default_budget_follows_side_by_side(tiny_model_dir: Path, backend: str) -> None:
+    """ONNX Runtime with two threads or more on a CPU runs batches side by side and plans
+    smaller ones by default; one thread, OpenVINO, or a budget given keep theirs."""
+    from bertrec.runtime.encoder import DEFAULT_MAX_BATCH_TOKENS, SIDE_BY_SIDE_MAX_BATCH_TOKENS
+
+    two = make(tiny_model_dir, backend, threads=2)
+    want = SIDE_BY_SIDE_MAX_BATCH_TOKENS if backend == "onnxruntime" else 1024
+    assert two.max_batch_tokens == want
+    assert (
+        make(tiny_model_dir, backend, threads=1).max_batch_tokens
+        == (DEFAULT_MAX_BATCH_TOKENS["cpu"])
+    )
+    assert make(tiny_model_dir, backend, threads=2, max_batch_tokens=300).max_batch_tokens == 300
+
+
 def test_streams_give_the_same_vectors(tiny_model_dir: Path, backend: str) -> None:
     """A model compiled for concurrent callers (OpenVINO streams) encodes as one that is
     not: the same graph, only scheduled differently."""
