@@ -66,8 +66,9 @@ class Batch:
 
 # Up to this many texts are tokenized one by one on the calling thread; more go through
 # ``encode_batch``, which hands them to the tokenizers library's thread pool (releasing the
-# GIL). For a server's one-text requests the hand-off costs more than it saves: measured
-# ~4% more requests/s at concurrency 1 (bench/serve_load.py); the encodings are the same.
+# GIL). For a server's one-text requests the hand-off costs more than it saves: ~4% more
+# requests/s at concurrency 1 in a one-off A/B of two servers (not a bench/ script); the
+# encodings are the same.
 SERIAL_TOKENIZE_TEXTS = 8
 
 
