@@ -347,10 +347,10 @@ class Encoder:
         self.precision = self._runner.precision
         self.providers: list[str] = list(self._runner.providers)
         self.io_binding = self._runner.io_binding
-        budget = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[self.device]
-        side_by_side = self.backend == "onnxruntime" and self.device == "cpu"
-        if max_batch_tokens is None and side_by_side and self.threads >= 2:
-            budget = SIDE_BY_SIDE_MAX_BATCH_TOKENS
+        default = DEFAULT_MAX_BATCH_TOKENS[self.device]
+        if getattr(self._runner, "side_by_side", False):
+            default = SIDE_BY_SIDE_MAX_BATCH_TOKENS
+        budget = max_batch_tokens or default
         plan_batches([1], budget)  # validates the budget once, up front
         self.max_batch_tokens = budget
         self.truncate_dim = check_optional_int(truncate_dim, "truncate_dim")
