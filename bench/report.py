@@ -690,6 +690,14 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
             + "."
             + split,
         ]
+        cut = ceiling.get("earlier_call_cost")
+        if cut:
+            lines[-1] += (
+                f" Its windows cut with {cut.get('call_tokens')} tokens per batch call: "
+                f"{fmt(cut.get('sentences_per_s'))} sentences/s, vs "
+                f"{fmt(cut.get('earlier_sentences_per_s'))} with the earlier "
+                f"{cut.get('earlier_call_tokens')} (interleaved)."
+            )
     other = rec.get("engine_ceiling_bf16") or {}
     if other.get("levels") and ceiling.get("levels"):
         parts = []

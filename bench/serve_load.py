@@ -65,6 +65,9 @@ LEVELS = (
     ("64 texts, c=4", 4, 64),
 )
 HEADLINE = "1 text, c=32"
+# The batcher's per-call cost before 2026-11-30 (a sixteenth of the token budget): the
+# engine line at c=32 also runs windows cut with it, so one run shows what the change gave.
+EARLIER_CALL_COST_SHARE = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ def engine_ceiling(
     worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
     threads on the Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
     gap between this and the served figure is the HTTP side's; the gap between this and
-    offline ``encode`` is small windows' (fewer texts to sort by length, smaller GEMMs)."""
+    offline ``encode`` is small windows' (fewer texts to sort by length, smaller GEMMs).
+    At c=32 the windows are also cut with ``EARLIER_CALL_COST_SHARE``, interleaved."""
     import threading
 
     from bertrec import Encoder
@@ -151,28 +155,49 @@ def engine_ceiling(
         "backend": enc.backend,
         "levels": {},
     }
-    for name, conc, per in LEVELS:
-        if per != 1:
-            continue
-        size = max(1, -(-conc // workers))
-        windows = [np.arange(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
 
-        def work(k: int, windows: list[Any] = windows) -> None:
+    def windows_of(size: int) -> list[Any]:
+        return [np.arange(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
+
+    def timed(windows: list[Any], call: int) -> float:
+        """Sentences/s of ``workers`` threads running the windows, cut at ``call``."""
+
+        def work(k: int) -> None:
             for w in windows[k::workers]:
                 for rows in length_groups(lengths[w], enc.max_batch_tokens, call):
                     enc.encode_tokens([encodings[i] for i in w[rows]])
 
-        work(0)  # warm-up: every shape once
-        runs = []
+        pool = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+        t0 = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        return len(texts) / (time.perf_counter() - t0)
+
+    earlier = max(1, int(enc.max_batch_tokens * EARLIER_CALL_COST_SHARE))
+    for name, conc, per in LEVELS:
+        if per != 1:
+            continue
+        size = max(1, -(-conc // workers))
+        windows = windows_of(size)
+        timed(windows, call)  # warm-up: every shape once
+        # At c=32 the cut of the earlier per-call cost too, interleaved with today's.
+        compare = conc == 32
+        runs, runs_earlier = [], []
         for _ in range(st.offline_repeats):
-            pool = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
-            t0 = time.perf_counter()
-            for t in pool:
-                t.start()
-            for t in pool:
-                t.join()
-            runs.append(len(texts) / (time.perf_counter() - t0))
+            runs.append(timed(windows, call))
+            if compare:
+                runs_earlier.append(timed(windows, earlier))
         out["levels"][name] = {"window_texts": size, "sentences_per_s": max(runs)}
+        if compare:
+            out["earlier_call_cost"] = {
+                "level": name,
+                "call_tokens": call,
+                "earlier_call_tokens": earlier,
+                "sentences_per_s": max(runs),
+                "earlier_sentences_per_s": max(runs_earlier),
+            }
     return out
 
 
@@ -390,6 +415,13 @@ def table(rec: dict[str, Any]) -> str:
             f"engine alone (no HTTP), {name}: {row['sentences_per_s']:.1f} sentences/s "
             f"({row['sentences_per_s'] / off['sentences_per_s']:.2f}x offline); served "
             f"{served / row['sentences_per_s']:.2f}x of it"
+        )
+    cut = rec.get("engine_ceiling", {}).get("earlier_call_cost")
+    if cut:
+        lines.append(
+            f"engine alone, {cut['level']}, windows cut at {cut['call_tokens']} tokens per "
+            f"call: {cut['sentences_per_s']:.1f} sentences/s vs "
+            f"{cut['earlier_sentences_per_s']:.1f} at the earlier {cut['earlier_call_tokens']}"
         )
     for name, a in rec["acceptance"].items():
         lines.append(f"  {'met' if a['met'] else 'NOT MET':7s} {name}: {a['value']} ({a['bar']})")

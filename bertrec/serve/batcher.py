@@ -32,10 +32,12 @@ log = logging.getLogger("bertrec.serve")
 # to group by length, not so many that new requests wait long behind it
 # (bench/serve_load.py measures the latency it gives).
 WINDOW_BUDGETS = 4
-# One more batch costs about as much as this share of the token budget in padding (a
-# kernel launch on CUDA, a few dozen tokens on a CPU): windows are cut into batches of
-# similar lengths where the padding saved is worth more (bench/serve_load.py).
-CALL_COST_SHARE = 1 / 16
+# One more batch costs about as much as this share of the token budget in padding (16
+# tokens of a CPU's 1024): windows are cut into batches of similar lengths where the
+# padding saved is worth more. Two inference threads on 10- and 16-text windows (MiniLM
+# int8, 2 cores) ran 1.09x faster with 1/64 than with the earlier 1/16, which cut fewer,
+# more padded batches (bench/serve_load.py's engine line at c=32 measures both).
+CALL_COST_SHARE = 1 / 64
 # Requests whose texts hold more characters than this are tokenized in a worker thread:
 # inline, they would hold up the event loop for a millisecond or more.
 INLINE_TOKENIZE_CHARS = 8192
