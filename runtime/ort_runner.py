@@ -136,6 +136,7 @@ class OrtRunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._side_by_side: tuple[ort.InferenceSession, ThreadPoolExecutor] | None = None
+        self._side_by_side_pid = 0  # the process that made the pool: a fork's child remakes it
         self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
     def _options(self, threads: int | None = None) -> ort.SessionOptions:
@@ -266,10 +267,14 @@ class OrtRunner:
             job.result()
 
     def _side_by_side_pool(self) -> tuple[ort.InferenceSession, ThreadPoolExecutor]:
+        """The one-thread session and its pool, made on first use. A process forked after
+        that (multiprocessing's default on Linux) inherits a pool whose threads are gone,
+        where a submitted batch would wait forever: the child makes its own."""
         with self._lock:
-            if self._side_by_side is None:
+            if self._side_by_side is None or self._side_by_side_pid != os.getpid():
                 pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bertrec-ort")
                 self._side_by_side = (self._cpu_session_of(1), pool)
+                self._side_by_side_pid = os.getpid()
             return self._side_by_side
 
     def _cpu_session_of(self, threads: int) -> ort.InferenceSession:

@@ -8,6 +8,7 @@ import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -242,6 +243,36 @@ def test_onnxruntime_runs_batches_side_by_side(tiny_model_dir: Path) -> None:
         two.encode(texts)
     two._runner._side_by_side = (session, pool)
     np.testing.assert_allclose(two.encode(texts), want, atol=1e-5)
+
+
+def _encode_in_child(encoder: bertrec.Encoder, texts: list[str], queue: Any) -> None:
+    queue.put(encoder.encode(texts))
+
+
+def test_side_by_side_encoder_works_in_a_forked_child(tiny_model_dir: Path) -> None:
+    """An Encoder that ran batches side by side, then forked (multiprocessing's default
+    on Linux): the child's pool threads are gone, so it makes its own instead of waiting
+    forever for them."""
+    import multiprocessing
+
+    texts = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
+    enc = bertrec.Encoder(
+        tiny_model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
+    )
+    want = enc.encode(texts)
+    assert enc._runner._side_by_side is not None  # the pool exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_encode_in_child, args=(enc, texts, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_default_budget_follows_side_by_side(tiny_model_dir: Path, backend: str) -> None:
