@@ -116,7 +116,13 @@ class Batcher:
         self._observe = observe
         name = encoder.default_prompt_name
         self._prefix = encoder.prompts.get(name, "") if name else ""
-        self._cond = threading.Condition()
+        # One lock; each worker waits on a condition of its own, so that a request to an
+        # idle engine wakes worker 0 alone (with one condition every worker woke, and the
+        # others went back to sleep after taking the lock and the GIL on the request's
+        # critical path).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # the state's lock (``with self._cond``)
+        self._wake = [threading.Condition(self._lock) for _ in range(workers)]
         self._queue: deque[tuple[_Job, int]] = deque()
         self._waiting = 0  # texts admitted and not yet taken into a window
         self._queued_tokens = 0
@@ -161,7 +167,7 @@ class Batcher:
         """Refuse new requests, finish the queued ones, stop the thread."""
         with self._cond:
             self._closing = True
-            self._cond.notify_all()
+            self._notify_all()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -201,7 +207,10 @@ class Batcher:
                 self._peak = max(self._peak, self._pending)
                 self._queue.append((job, 0))
                 self._queued_tokens += int(lengths.sum())
-                self._cond.notify_all()  # worker 0 when idle, whichever is free otherwise
+                if self._busy:
+                    self._notify_all()  # whichever worker is free
+                else:
+                    self._wake[0].notify()  # an idle engine's work goes to worker 0
             await job.future
         except asyncio.CancelledError:
             job.cancelled = True  # the scheduler drops what has not run yet
@@ -227,6 +236,11 @@ class Batcher:
             return self.encoder.tokenize(texts)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenize_pool, self.encoder.tokenize, texts)
+
+    def _notify_all(self) -> None:
+        """Wake every waiting worker (the caller holds the lock)."""
+        for wake in self._wake:
+            wake.notify()
 
     def _finish(self, jobs: list[_Job], error: BaseException | None) -> None:
         for job in jobs:
@@ -270,7 +284,7 @@ class Batcher:
                 if not self._queue or (worker and not self._busy and not self._closing):
                     if self._closing and not self._queue:
                         return None
-                    self._cond.wait()
+                    self._wake[worker].wait()
                     continue
                 if self._closing or self._queued_tokens >= self.window_tokens:
                     break
@@ -280,7 +294,7 @@ class Batcher:
                 left = self._free_since + self.max_wait_s - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._wake[worker].wait(left)
             return self._cut()
 
     def _cut(self) -> list[tuple[_Job, int, int]]:
@@ -319,7 +333,7 @@ class Batcher:
         self._peak = self._pending
         self._busy += 1
         if self._queue:
-            self._cond.notify()  # the rest is another worker's
+            self._notify_all()  # the rest is another worker's
         return window
 
     def _run(self, window: list[tuple[_Job, int, int]]) -> None:
@@ -357,7 +371,8 @@ class Batcher:
             self._busy -= 1
             if not self._busy:
                 self._free_since = time.monotonic()
-            self._cond.notify_all()
+            if self._queue or self._closing:
+                self._notify_all()  # work left (an idle engine's for worker 0), or the end
         if done and self._loop is not None:
             self._loop.call_soon_threadsafe(self._finish, done, error)
         if self._observe is not None:

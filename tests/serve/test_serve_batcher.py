@@ -1,6 +1,12 @@
-"""The batcher's cut of a window into batches of similar lengths (a pure function)."""
+"""The batcher: its cut of a window into batches of similar lengths (a pure function),
+and the scheduler on a real Encoder."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,3 +69,63 @@ def test_groups_of_no_rows_and_bad_lengths() -> None:
     # One text over the budget still runs (alone); the rest are cut around it.
     groups = length_groups(np.array([5000, 10, 10]), 1024, 64)
     assert [g.tolist() for g in groups] == [[0], [1, 2]]
+
+
+class _CountingCondition(threading.Condition):
+    """A worker's wake-up condition that counts how often its worker woke."""
+
+    wakes = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woke = super().wait(timeout)
+        type(self).wakes += 1
+        return woke
+
+
+def _batcher(model_dir: Path, workers: int) -> Any:
+    from bertrec import Encoder
+    from bertrec.serve.batcher import Batcher
+
+    enc = Encoder(model_dir, precision="fp32", threads=1, streams=workers)
+    return enc, Batcher(enc, workers=workers)
+
+
+def test_batcher_serves_concurrent_requests_as_encode_does(tiny_model_dir: Path) -> None:
+    """Concurrent requests of one and of many texts through two workers: each gets the
+    rows ``Encoder.encode`` gives its texts, in order, and the token count."""
+    enc, batcher = _batcher(tiny_model_dir, 2)
+    requests = [[f"text {i} " * (1 + i % 4)] for i in range(12)]
+    requests.append([f"item {j} " * (1 + j % 6) for j in range(40)])
+
+    async def go() -> list[tuple[Any, int]]:
+        batcher.start(asyncio.get_running_loop())
+        try:
+            return await asyncio.gather(*(batcher.embed(r) for r in requests))
+        finally:
+            batcher.close()
+
+    for texts, (vectors, tokens) in zip(requests, asyncio.run(go()), strict=True):
+        np.testing.assert_allclose(vectors, enc.encode(texts), atol=1e-5)
+        assert tokens == sum(len(e) for e in enc.tokenize(texts))
+
+
+def test_idle_engine_wakes_worker_zero_only(tiny_model_dir: Path) -> None:
+    """Requests one after another (an engine idle at each arrival) go to worker 0 and
+    never wake worker 1: a wake-up it would only go back to sleep from, on the request's
+    critical path."""
+    enc, batcher = _batcher(tiny_model_dir, 2)
+    counting = _CountingCondition(batcher._lock)  # the lock the worker conditions share
+    batcher._wake[1] = counting
+
+    async def go() -> None:
+        batcher.start(asyncio.get_running_loop())
+        await asyncio.get_running_loop().run_in_executor(None, batcher.ready.wait)
+        before = _CountingCondition.wakes
+        for i in range(20):
+            vectors, _ = await batcher.embed([f"one text {i}"])
+            assert vectors.shape == (1, enc.dim)
+        assert _CountingCondition.wakes == before
+        batcher.close()
+
+    asyncio.run(go())
+    assert _CountingCondition.wakes >= 1  # close() woke it to stop
