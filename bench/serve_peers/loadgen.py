@@ -229,10 +229,13 @@ async def _closed_loop(
     latencies: list[float] = []
     requests = http_requests(url, headers, bodies)
     split = urllib.parse.urlsplit(url)
+    if split.hostname is None or split.port is None:
+        raise ValueError(f"{url!r}: the load generator needs a URL with a host and a port")
+    host, port = split.hostname, split.port
     loop = asyncio.get_running_loop()
 
     async def connect() -> _Connection:
-        _, conn = await loop.create_connection(_Connection, split.hostname, split.port)
+        _, conn = await loop.create_connection(_Connection, host, port)
         return conn
 
     def failed(why: str) -> None:
