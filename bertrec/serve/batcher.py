@@ -120,8 +120,7 @@ class Batcher:
         # idle engine wakes worker 0 alone (with one condition every worker woke, and the
         # others went back to sleep after taking the lock and the GIL on the request's
         # critical path).
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)  # the state's lock (``with self._cond``)
+        self._lock = threading.Lock()  # guards the queue and the counters below
         self._wake = [threading.Condition(self._lock) for _ in range(workers)]
         self._queue: deque[tuple[_Job, int]] = deque()
         self._waiting = 0  # texts admitted and not yet taken into a window
@@ -165,7 +164,7 @@ class Batcher:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Refuse new requests, finish the queued ones, stop the thread."""
-        with self._cond:
+        with self._lock:
             self._closing = True
             self._notify_all()
         deadline = time.monotonic() + timeout_s
@@ -186,7 +185,7 @@ class Batcher:
         if loop is None or self._closing:
             raise Overloaded("the server is shutting down; retry on another replica")
         n = len(texts)
-        with self._cond:
+        with self._lock:
             if self._waiting >= self.max_queue:
                 raise Overloaded(
                     f"the queue holds {self._waiting} texts (limit {self.max_queue}); "
@@ -196,13 +195,13 @@ class Batcher:
         try:
             encodings = await self._tokenize(texts)
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._waiting -= n
             raise
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=n)
         job = _Job(encodings, lengths, self.encoder.manifest.dim, loop.create_future())
         try:
-            with self._cond:
+            with self._lock:
                 self._pending += 1
                 self._peak = max(self._peak, self._pending)
                 self._queue.append((job, 0))
@@ -254,7 +253,7 @@ class Batcher:
 
     def _main(self, worker: int) -> None:
         self._warm_up()
-        with self._cond:
+        with self._lock:
             self._warmed += 1
             if self._warmed == self.workers:
                 self.ready.set()
@@ -279,7 +278,7 @@ class Batcher:
         engine's work goes to worker 0, the others join while a window runs: a lone
         request always meets the same thread (and its backend state, warm) instead of
         the workers taking turns."""
-        with self._cond:
+        with self._lock:
             while True:
                 if not self._queue or (worker and not self._busy and not self._closing):
                     if self._closing and not self._queue:
@@ -356,7 +355,7 @@ class Batcher:
             log.exception("inference failed")
             error = ApiError(500, f"inference failed: {exc}", "inference_failed", "server_error")
         seconds = time.perf_counter() - t0
-        with self._cond:
+        with self._lock:
             row = 0
             for job, start, stop in window:
                 if error is not None:
