@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 from functools import lru_cache
 from types import ModuleType
 
@@ -44,19 +46,36 @@ def cuda_usable() -> bool:
     """True when the CUDA provider is compiled in *and* starts (libraries and a GPU present).
 
     onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU; only
-    starting a session tells. The probe runs once per process on a one-node model.
+    starting a session tells. The probe runs once per process on a one-node model. When it
+    fails, CUDA and cuDNN may still be installed as NVIDIA's pip packages
+    (``onnxruntime-gpu[cuda,cudnn]``, or PyTorch's), which the dynamic loader does not search:
+    ``onnxruntime.preload_dlls()`` loads them from there, and the probe runs once more.
     """
     if not onnxruntime_installed():
         return False
     ort = onnxruntime()
     if CUDA not in ort.get_available_providers():
         return False
+    if _cuda_session_starts(ort):
+        return True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints what it did not find
+            preload()
+    except Exception:  # no NVIDIA packages, or ones it cannot load: not usable
+        return False
+    return _cuda_session_starts(ort)
+
+
+def _cuda_session_starts(ort: ModuleType) -> bool:
     # The failed provider load logs an error at default severity; the caller gets one
     # warning from bertrec instead.
     ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(_PROBE_MODEL, providers=[CUDA, CPU])
-        return sess.get_providers()[0] == CUDA
+        return bool(sess.get_providers()[0] == CUDA)
     except Exception:  # any failure to start the provider means "not usable"
         return False
     finally:
