@@ -141,13 +141,13 @@ def engine_ceiling(
 
     from bertrec import Encoder
     from bertrec.serve.app import parallelism
-    from bertrec.serve.batcher import CALL_COST_SHARE, length_groups
+    from bertrec.serve.batcher import call_tokens, length_groups
 
     threads, workers = parallelism("cpu", None, None)
     enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
-    call = max(1, int(enc.max_batch_tokens * CALL_COST_SHARE))
+    call = call_tokens(enc.device, enc.max_batch_tokens)
     out: dict[str, Any] = {
         "threads": threads,
         "workers": workers,

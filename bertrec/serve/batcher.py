@@ -38,9 +38,20 @@ WINDOW_BUDGETS = 4
 # int8, 2 cores) ran 1.09x faster with 1/64 than with the earlier 1/16, which cut fewer,
 # more padded batches (bench/serve_load.py's engine line at c=32 measures both).
 CALL_COST_SHARE = 1 / 64
-# Requests whose texts hold more characters than this are tokenized in a worker thread:
-# inline, they would hold up the event loop for a millisecond or more.
-INLINE_TOKENIZE_CHARS = 8192
+# On CUDA a call costs far more against its budget: a one-text call of MiniLM fp16 took
+# 1.2 ms on an H200, where full batches ran 45,000 texts (1.3 million tokens) a second. The
+# engine alone on windows of 16 / 64 / 256 texts cut at 1/64, 1/10, 1/4 and all of CUDA's
+# 16,384 tokens per call: 3,547 / 10,925 / 19,105 sentences/s at 1/64, 7,474 / 17,400 /
+# 30,585 at 1/10, 9,089 / 17,812 / 32,273 at 1/4, 8,642 / 17,622 / 30,972 at one budget
+# (bench/gpu_check.py, record gpu-check-20261130T215053Z).
+CUDA_CALL_COST_SHARE = 1 / 4
+# Requests whose texts hold more characters than this are tokenized in a worker thread
+# (the tokenizer lets go of the GIL): inline, 64 short texts (~6,000 characters) held up the
+# event loop for over a millisecond, which capped a GPU server's 64-text requests at half
+# the naive server's rate. Single texts stay inline: the hop to a thread and back costs
+# about as much as tokenizing one.
+INLINE_TOKENIZE_CHARS = 2048
+TOKENIZE_THREADS = 2
 # The longest the engine waits, after a window, for the clients it answered to come back
 # (a loopback round trip through Python clients takes a few milliseconds).
 DEFAULT_MAX_WAIT_MS = 5.0
@@ -109,7 +120,7 @@ class Batcher:
     ) -> None:
         self.encoder = encoder
         self.workers = workers
-        self.call_tokens = max(1, int(encoder.max_batch_tokens * CALL_COST_SHARE))
+        self.call_tokens = call_tokens(encoder.device, encoder.max_batch_tokens)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.window_tokens = WINDOW_BUDGETS * encoder.max_batch_tokens
@@ -135,7 +146,9 @@ class Batcher:
         self._pending = 0  # requests admitted and not answered (changed on the loop only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
-        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="bertrec-tokenize")
+        self._tokenize_pool = ThreadPoolExecutor(
+            TOKENIZE_THREADS, thread_name_prefix="bertrec-tokenize"
+        )
         self.ready = threading.Event()
 
     # -- state read by metrics and health ---------------------------------------------------
@@ -386,6 +399,12 @@ class Batcher:
             "max_queue": self.max_queue,
             "workers": self.workers,
         }
+
+
+def call_tokens(device: str, max_batch_tokens: int) -> int:
+    """What one more batch call costs, in padded tokens, on ``device`` with this budget."""
+    share = CUDA_CALL_COST_SHARE if device == "cuda" else CALL_COST_SHARE
+    return max(1, int(max_batch_tokens * share))
 
 
 def length_groups(

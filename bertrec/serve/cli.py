@@ -34,9 +34,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="threads per model run (default: half the CPUs)"
     )
-    p.add_argument(
-        "--workers", type=int, default=None, help="model runs at once (default: 2 on a CPU)"
-    )
+    p.add_argument("--workers", type=int, default=None, help="model runs at once (default: 2)")
     p.add_argument(
         "--max-wait-ms",
         type=float,

@@ -129,3 +129,59 @@ def test_idle_engine_wakes_worker_zero_only(tiny_model_dir: Path) -> None:
 
     asyncio.run(go())
     assert _CountingCondition.wakes >= 1  # close() woke it to stop
+
+
+def test_a_call_costs_more_tokens_on_cuda() -> None:
+    from bertrec.serve.batcher import call_tokens
+
+    assert call_tokens("cpu", 1024) == 16
+    assert call_tokens("cuda", 16384) == 4096
+    # The cut follows: on CUDA a window of a few lengths stays one call.
+    lengths = np.array([30] * 10 + [12] * 60)
+    assert len(length_groups(lengths, 16384, call_tokens("cpu", 16384))) == 2
+    assert len(length_groups(lengths, 16384, call_tokens("cuda", 16384))) == 1
+    assert call_tokens("cpu", 1) == 1  # never free
+
+
+def test_large_requests_are_tokenized_off_the_event_loop(tiny_model_dir: Path) -> None:
+    """One short text is tokenized inline (a hop to a thread costs as much); a request of
+    many texts in a tokenizer thread, so the loop keeps answering others meanwhile."""
+    from bertrec.serve.batcher import INLINE_TOKENIZE_CHARS
+
+    enc, batcher = _batcher(tiny_model_dir, 1)
+    where: dict[int, str] = {}  # texts in the call -> the thread that tokenized them
+    tokenize = enc.tokenize
+
+    def recording(texts: Any) -> Any:
+        where[len(texts)] = threading.current_thread().name
+        return tokenize(texts)
+
+    enc.tokenize = recording  # type: ignore[method-assign]
+    many = [f"a longer item text number {i} " * 4 for i in range(64)]
+    assert sum(map(len, many)) > INLINE_TOKENIZE_CHARS
+
+    async def go() -> None:
+        batcher.start(asyncio.get_running_loop())
+        try:
+            await batcher.embed(["one short text"])
+            vectors, _ = await batcher.embed(many)
+            np.testing.assert_allclose(vectors, enc.encode(many), atol=1e-5)
+        finally:
+            batcher.close()
+
+    asyncio.run(go())
+    assert where[1] == threading.main_thread().name  # asyncio.run's loop
+    assert where[64].startswith("bertrec-tokenize")
+
+
+def test_two_model_runs_by_default_on_cpu_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bertrec.serve import app
+
+    monkeypatch.setattr(app.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert app.parallelism("cpu", None, None) == (2, 2)  # half the cores each
+    assert app.parallelism("cuda", None, None) == (None, 2)  # the Encoder's default threads
+    assert app.parallelism("cuda", 3, 1) == (3, 1)  # as given
+    monkeypatch.setattr(app, "cuda_usable", lambda: True)
+    assert app.parallelism("auto", None, None) == (None, 2)
+    monkeypatch.setattr(app.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert app.parallelism("cpu", None, None) == (1, 1)
