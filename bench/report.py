@@ -53,6 +53,7 @@ KINDS = (
     "cf-scale",
     "ray",
     "serve-load",
+    "gpu-check",
 )
 REGENERATE = "make bench"  # every benchmark, then python -m bench.report
 
@@ -723,6 +724,80 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
     return lines
 
 
+def gpu_section(rec: dict[str, Any], src: str) -> list[str]:
+    """bench/gpu_check.py's record: fidelity and speed of the fp16 variant on CUDA, the
+    engine on a server's windows, and the servers under load."""
+    prov = rec.get("providers", {})
+    enc = rec.get("encode", {})
+    fid = enc.get("fidelity_vs_reference", {})
+    lines = [
+        "### On a GPU",
+        "",
+        f"`bash bench/gpu_check.sh` on a CUDA machine, record `{src}` ({_when(rec)}): "
+        f"{prov.get('gpu', '?')}, ONNX Runtime {prov.get('onnxruntime', '?')}, "
+        f"{prov.get('cpu_count', '?')} CPU cores; {enc.get('texts', '?')} texts of the serving "
+        f"bench's mix. fp16 on CUDA against PyTorch fp32 (sentence-transformers on a CPU): "
+        f"mean cosine {fmt(fid.get('mean_cos'), '.6f')}, min {fmt(fid.get('min_cos'), '.6f')}; "
+        f"IO binding gives the same vectors: {enc.get('io_binding_identical')}; a bare "
+        f"`encode([text])`: p50 {fmt(enc.get('bare_encode_1_ms', {}).get('p50'), '.2f')} ms.",
+        "",
+    ]
+    rows = enc.get("rows", [])
+    if rows:
+        batches = list(dict.fromkeys(str(r["batch"]) for r in rows))
+        table = []
+        for io in (False, True):
+            got = {str(r["batch"]): r for r in rows if r["io_binding"] is io}
+            cells = [fmt(got.get(b, {}).get("sentences_per_s")) for b in batches]
+            table.append([f"IO binding {'on' if io else 'off'}", *cells])
+        heads = [b if b == "token budget" else f"batch {b}" for b in batches]
+        lines += md_table(["offline sentences/s", *heads], table)
+    cuts = enc.get("window_cuts", [])
+    if cuts:
+        shares = list(dict.fromkeys(r["call_tokens"] for r in cuts))
+        table = []
+        for size in dict.fromkeys(r["window_texts"] for r in cuts):
+            got = {r["call_tokens"]: r for r in cuts if r["window_texts"] == size}
+            cells = [fmt(got.get(c, {}).get("sentences_per_s")) for c in shares]
+            table.append([f"windows of {size}", *cells])
+        lines += [
+            "",
+            "The engine alone on a server's windows, each cut by `length_groups` at a per-call "
+            "cost (tokens; one thread, sentences/s):",
+            "",
+            *md_table(["", *[f"call = {c}" for c in shares]], table),
+        ]
+    serve = rec.get("serve", {})
+    systems = serve.get("systems", {})
+    if systems:
+        names = list(dict.fromkeys(r["level"] for rows in systems.values() for r in rows))
+        base = {r["level"]: r for r in systems.get("naive", [])}
+        table = []
+        for name in names:
+            row = [name]
+            for system, rows in systems.items():
+                r = next((x for x in rows if x["level"] == name), {})
+                cell = f"{fmt(r.get('sentences_per_s'))} (p99 {fmt(r.get('p99_ms'), '.0f')})"
+                b = base.get(name, {}).get("sentences_per_s")
+                if system != "naive" and b and r.get("sentences_per_s"):
+                    cell += f" {r['sentences_per_s'] / b:.2f}x"
+                row.append(cell)
+            table.append(row)
+        same = serve.get("served_vs_encode", {}).get("min_cos")
+        lines += [
+            "",
+            f"Served, closed-loop clients on loopback, {fmt(serve.get('duration_s'), '.0f')} s "
+            "per level, interleaved (sentences/s, p99 ms, x the naive server); served vectors "
+            f"against `encode`: min cosine {fmt(same, '.7f')}:",
+            "",
+            *md_table(["load", *systems], table),
+        ]
+    errors = rec.get("errors") or {}
+    if errors:
+        lines += ["", "Stages that failed: " + ", ".join(sorted(errors)) + "."]
+    return lines
+
+
 def _plot_serve(rec: dict[str, Any], plots: Path) -> list[Path]:
     from bench.serve_load import plot_serve  # imports the load generator (aiohttp)
 
@@ -767,6 +842,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "cf-scale": cf_scale_section,
     "ray": ray_section,
     "serve-load": serve_section,
+    "gpu-check": gpu_section,
 }
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "throughput": plot_throughput,
@@ -790,6 +866,7 @@ COMMANDS = {
     "cf-scale": "python -m bench.cf_scale",
     "ray": "python -m bench.ray_overhead",
     "serve-load": "python -m bench.serve_load",
+    "gpu-check": "bash bench/gpu_check.sh, on a CUDA machine",
 }
 
 

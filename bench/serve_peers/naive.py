@@ -21,8 +21,10 @@ from bertrec import Encoder
 from bertrec.serve.schemas import embeddings_body
 
 
-def build(model_dir: str, threads: int | None) -> Starlette:
-    encoder = Encoder(model_dir, threads=threads)
+def build(
+    model_dir: str, threads: int | None, precision: str = "auto", device: str = "auto"
+) -> Starlette:
+    encoder = Encoder(model_dir, precision=precision, device=device, threads=threads)
 
     async def embeddings(request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    app = build(args.model_dir, args.threads)
+    app = build(args.model_dir, args.threads, args.precision, args.device)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0
 
