@@ -39,17 +39,18 @@ WINDOW_BUDGETS = 4
 # more padded batches (bench/serve_load.py's engine line at c=32 measures both).
 CALL_COST_SHARE = 1 / 64
 # On CUDA a call costs far more against its budget: a one-text call of MiniLM fp16 took
-# 1.2 ms on an H200, where full batches ran 45,000 texts (1.3 million tokens) a second. The
-# engine alone on windows of 16 / 64 / 256 texts cut at 1/64, 1/10, 1/4 and all of CUDA's
-# 16,384 tokens per call: 3,547 / 10,925 / 19,105 sentences/s at 1/64, 7,474 / 17,400 /
-# 30,585 at 1/10, 9,089 / 17,812 / 32,273 at 1/4, 8,642 / 17,622 / 30,972 at one budget
-# (bench/gpu_check.py, record gpu-check-20261130T215053Z).
+# 1.2-1.4 ms on an H200, where full batches ran 34,000-45,000 texts a second. The engine
+# alone on windows of 16 / 64 / 256 texts, cut at 1/4 of CUDA's 16,384 tokens per call,
+# ran 1.3-2.6x / 1.6x / 1.7x faster than at 1/64; 1/10 and a whole budget per call were
+# within run-to-run noise of 1/4 (0.8-1.2x; bench/gpu_check.py, records
+# gpu-check-20261130T215053Z and gpu-check-20261130T220521Z).
 CUDA_CALL_COST_SHARE = 1 / 4
 # Requests whose texts hold more characters than this are tokenized in a worker thread
-# (the tokenizer lets go of the GIL): inline, 64 short texts (~6,000 characters) held up the
-# event loop for over a millisecond, which capped a GPU server's 64-text requests at half
-# the naive server's rate. Single texts stay inline: the hop to a thread and back costs
-# about as much as tokenizing one.
+# (the tokenizer lets go of the GIL): inline, 64 short texts (~6,000 characters) held the
+# event loop for over a millisecond, in which it answered no one (a GPU server's loop is
+# its narrowest part). On 2 CPU cores the change measured neutral (64-text requests at
+# c=4, interleaved: 1,009 vs 1,003 sentences/s with the earlier 8,192). Single texts stay
+# inline: the hop to a thread and back costs about as much as tokenizing one.
 INLINE_TOKENIZE_CHARS = 2048
 TOKENIZE_THREADS = 2
 # The longest the engine waits, after a window, for the clients it answered to come back
