@@ -10,6 +10,8 @@ export TRANSFORMERS_OFFLINE := 1
 # folder from this variable. Override it: make test MOVIELENS=/path/to/ml-latest-small
 MOVIELENS ?= ../shared/data/movielens-small
 export BERTREC_MOVIELENS := $(abspath $(MOVIELENS))
+# bench-smoke's dry run of the GPU check on the CPU (bench/gpu_check.py --device cpu).
+GPU_SMOKE ?= /tmp/bertrec-gpu-smoke
 
 .PHONY: test lint demo bench bench-smoke install-check clean
 
@@ -74,6 +76,10 @@ bench-smoke: $(VENV)/.deps-test
 	$(BIN)/python -m bench.diversity_frontier --quick
 	$(BIN)/python -m bench.ray_overhead --quick
 	$(BIN)/python -m bench.serve_load --quick
+	rm -rf $(GPU_SMOKE) && $(BIN)/python -m bench.gpu_prepare $(GPU_SMOKE) --texts 48
+	PATH=$(abspath $(BIN)):$$PATH bash bench/gpu_check.sh --device cpu --duration-s 0.5 \
+		--model $(GPU_SMOKE)/minilm --texts $(GPU_SMOKE)/texts.json \
+		--reference $(GPU_SMOKE)/reference.npy --out $(GPU_SMOKE)/out
 	$(BIN)/python -m bench.report --quick
 
 # The demo is a repository example (examples/movielens), so the root goes on the path.
