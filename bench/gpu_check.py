@@ -41,13 +41,8 @@ from typing import Any
 
 import numpy as np
 
-LEVELS = (
-    ("1 text, c=1", 1, 1),
-    ("1 text, c=8", 8, 1),
-    ("1 text, c=32", 32, 1),
-    ("1 text, c=128", 128, 1),
-    ("64 texts, c=4", 4, 64),
-)
+from bench.serve_load import LEVELS  # the serving bench's load levels
+
 BATCHES = (None, 1, 32, 256)  # None: the Encoder's default token budget
 
 
