@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import percentiles
 from bench.serve_load import LEVELS  # the serving bench's load levels
 
 BATCHES = (None, 1, 32, 256)  # None: the Encoder's default token budget
@@ -127,15 +128,12 @@ def encode_stage(model_dir: Path, texts: list[str], reference: Any, device: str)
             "runs": r,
         })  # fmt: skip
     out["window_cuts"] = window_cuts(encoders[True], texts)
-    lat = []
+    calls = []
     for t in texts[:300]:
         t0 = time.perf_counter()
         encoders[True].encode([t])
-        lat.append((time.perf_counter() - t0) * 1e3)
-    out["bare_encode_1_ms"] = {
-        "p50": float(np.percentile(lat, 50)),
-        "p99": float(np.percentile(lat, 99)),
-    }
+        calls.append(time.perf_counter() - t0)
+    out["bare_encode_1"] = percentiles(calls)  # as bench/serve_load.py records it
     return out
 
 
@@ -143,22 +141,19 @@ def window_cuts(enc: Any, texts: list[str]) -> list[dict[str, Any]]:
     """The server's engine alone on windows of 16, 64 and 256 texts, each window cut by
     ``length_groups`` at several per-call costs (shares of the token budget; 0: a call
     is free, every length its own batch), one thread, interleaved, median of three."""
-    from bertrec.serve.batcher import length_groups
+    from bench.serve_load import run_windows, windows_of
 
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     shares = (0.0, 1 / 64, 1 / 10, 1 / 4, 1.0)
     rows = []
     for size in (16, 64, 256):
-        windows = [np.arange(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
+        windows = windows_of(len(texts), size)
         runs: dict[float, list[float]] = {}
         for rep in range(4):  # the first round warms every shape up
             for share in shares:
-                call = int(enc.max_batch_tokens * share)
                 t0 = time.perf_counter()
-                for w in windows:
-                    for g in length_groups(lengths[w], enc.max_batch_tokens, call):
-                        enc.encode_tokens([encodings[i] for i in w[g]])
+                run_windows(enc, encodings, lengths, windows, int(enc.max_batch_tokens * share))
                 if rep:
                     runs.setdefault(share, []).append(len(texts) / (time.perf_counter() - t0))
         for share, r in runs.items():

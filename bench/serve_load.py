@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bench.common import (
     RESULTS_DIR,
@@ -127,6 +128,23 @@ def offline_reference(model_dir: Path, texts: list[str], st: Settings) -> dict[s
     }
 
 
+def windows_of(n: int, size: int) -> list[NDArray[np.intp]]:
+    """Rows 0..n-1 as consecutive windows of ``size`` (the last one shorter)."""
+    return [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def run_windows(
+    enc: Any, encodings: list[Any], lengths: NDArray[np.int64], windows: list[Any], call: int
+) -> None:
+    """What one inference worker of ``bertrec serve`` does with its windows: cut each by
+    ``length_groups`` at ``call`` tokens per batch call and run the batches."""
+    from bertrec.serve.batcher import length_groups
+
+    for w in windows:
+        for rows in length_groups(lengths[w], enc.max_batch_tokens, call):
+            enc.encode_tokens([encodings[i] for i in w[rows]])
+
+
 def engine_ceiling(
     model_dir: Path, texts: list[str], st: Settings, precision: str = "auto"
 ) -> dict[str, Any]:
@@ -141,7 +159,7 @@ def engine_ceiling(
 
     from bertrec import Encoder
     from bertrec.serve.app import parallelism
-    from bertrec.serve.batcher import call_tokens, length_groups
+    from bertrec.serve.batcher import call_tokens
 
     threads, workers = parallelism("cpu", None, None)
     enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
@@ -156,18 +174,14 @@ def engine_ceiling(
         "levels": {},
     }
 
-    def windows_of(size: int) -> list[Any]:
-        return [np.arange(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
-
     def timed(windows: list[Any], call: int) -> float:
         """Sentences/s of ``workers`` threads running the windows, cut at ``call``."""
-
-        def work(k: int) -> None:
-            for w in windows[k::workers]:
-                for rows in length_groups(lengths[w], enc.max_batch_tokens, call):
-                    enc.encode_tokens([encodings[i] for i in w[rows]])
-
-        pool = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+        pool = [
+            threading.Thread(
+                target=run_windows, args=(enc, encodings, lengths, windows[k::workers], call)
+            )
+            for k in range(workers)
+        ]
         t0 = time.perf_counter()
         for t in pool:
             t.start()
@@ -180,7 +194,7 @@ def engine_ceiling(
         if per != 1:
             continue
         size = max(1, -(-conc // workers))
-        windows = windows_of(size)
+        windows = windows_of(len(texts), size)
         timed(windows, call)  # warm-up: every shape once
         # At c=32 the cut of the earlier per-call cost too, interleaved with today's.
         compare = conc == 32
