@@ -23,6 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding
 
+from bertrec.core import check_int
+from bertrec.errors import ConfigError
 from bertrec.runtime.encoder import Encoder
 from bertrec.serve.errors import ApiError, Overloaded
 
@@ -403,9 +405,17 @@ class Batcher:
 
 
 def call_tokens(device: str, max_batch_tokens: int) -> int:
-    """What one more batch call costs, in padded tokens, on ``device`` with this budget."""
+    """What one more batch call costs, in padded tokens, on ``device`` (``cpu`` or
+    ``cuda``, as ``Encoder.device``) with this token budget.
+
+    Raises:
+        ConfigError: another device, or a budget that is not an int >= 1.
+    """
+    budget = check_int(max_batch_tokens, "max_batch_tokens")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda' (an Encoder's device), got {device!r}")
     share = CUDA_CALL_COST_SHARE if device == "cuda" else CALL_COST_SHARE
-    return max(1, int(max_batch_tokens * share))
+    return max(1, int(budget * share))
 
 
 def length_groups(

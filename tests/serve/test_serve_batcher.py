@@ -141,6 +141,28 @@ def test_a_call_costs_more_tokens_on_cuda() -> None:
     assert len(length_groups(lengths, 16384, call_tokens("cpu", 16384))) == 2
     assert len(length_groups(lengths, 16384, call_tokens("cuda", 16384))) == 1
     assert call_tokens("cpu", 1) == 1  # never free
+    assert call_tokens("cuda", 10**9) == 250_000_000
+
+
+@pytest.mark.parametrize(
+    ("device", "budget", "says"),
+    [
+        ("cpu", 0, "max_batch_tokens must be >= 1"),
+        ("cpu", -5, "max_batch_tokens must be >= 1"),
+        ("cpu", 1024.0, "max_batch_tokens must be an int"),
+        ("cpu", "1024", "max_batch_tokens must be an int"),
+        ("cpu", True, "max_batch_tokens must be an int"),
+        ("gpu", 1024, "device must be 'cpu' or 'cuda'"),
+        ("", 1024, "device must be 'cpu' or 'cuda'"),
+        (None, 1024, "device must be 'cpu' or 'cuda'"),
+    ],
+)
+def test_call_cost_of_bad_input_says_what_is_wrong(device: Any, budget: Any, says: str) -> None:
+    from bertrec.errors import ConfigError
+    from bertrec.serve.batcher import call_tokens
+
+    with pytest.raises(ConfigError, match=says):
+        call_tokens(device, budget)
 
 
 def test_large_requests_are_tokenized_off_the_event_loop(tiny_model_dir: Path) -> None:
