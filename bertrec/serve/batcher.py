@@ -50,8 +50,9 @@ CUDA_CALL_COST_SHARE = 1 / 4
 # Requests whose texts hold more characters than this are tokenized in a worker thread
 # (the tokenizer lets go of the GIL): inline, 64 short texts (~6,000 characters) held the
 # event loop for over a millisecond, in which it answered no one (a GPU server's loop is
-# its narrowest part). On 2 CPU cores the change measured neutral (64-text requests at
-# c=4, interleaved: 1,009 vs 1,003 sentences/s with the earlier 8,192). Single texts stay
+# its narrowest part). On 2 CPU cores the change measured neutral in a one-off A/B of two
+# servers, not a bench/ script (64-text requests at c=4, interleaved: 1,009 vs 1,003
+# sentences/s with the earlier 8,192). Single texts stay
 # inline: the hop to a thread and back costs about as much as tokenizing one.
 INLINE_TOKENIZE_CHARS = 2048
 TOKENIZE_THREADS = 2
