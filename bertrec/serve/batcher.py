@@ -146,6 +146,8 @@ class Batcher:
         self._free_since = 0.0  # when the engine last had nothing running
         self._busy = 0  # workers running a window
         self._warmed = 0  # workers done warming up
+        self._wakeups = [0] * workers  # times each worker woke from waiting for work
+        self._windows = [0] * workers  # windows each worker ran
         self._closing = False
         self._pending = 0  # requests admitted and not answered (changed on the loop only)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,6 +168,15 @@ class Batcher:
     def pending(self) -> int:
         """Requests admitted and not yet answered."""
         return self._pending
+
+    def worker_stats(self) -> list[dict[str, int]]:
+        """For each inference worker: ``wakeups`` (times it woke from waiting for work)
+        and ``windows`` (windows it ran, warm-up not counted)."""
+        with self._lock:
+            return [
+                {"wakeups": w, "windows": n}
+                for w, n in zip(self._wakeups, self._windows, strict=True)
+            ]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -301,6 +312,7 @@ class Batcher:
                     if self._closing and not self._queue:
                         return None
                     self._wake[worker].wait()
+                    self._wakeups[worker] += 1
                     continue
                 if self._closing or self._queued_tokens >= self.window_tokens:
                     break
@@ -311,6 +323,8 @@ class Batcher:
                 if left <= 0:
                     break
                 self._wake[worker].wait(left)
+                self._wakeups[worker] += 1
+            self._windows[worker] += 1
             return self._cut()
 
     def _cut(self) -> list[tuple[_Job, int, int]]:

@@ -71,17 +71,6 @@ def test_groups_of_no_rows_and_bad_lengths() -> None:
     assert [g.tolist() for g in groups] == [[0], [1, 2]]
 
 
-class _CountingCondition(threading.Condition):
-    """A worker's wake-up condition that counts how often its worker woke."""
-
-    wakes = 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        woke = super().wait(timeout)
-        type(self).wakes += 1
-        return woke
-
-
 def _batcher(model_dir: Path, workers: int) -> Any:
     from bertrec import Encoder
     from bertrec.serve.batcher import Batcher
@@ -114,21 +103,21 @@ def test_idle_engine_wakes_worker_zero_only(tiny_model_dir: Path) -> None:
     never wake worker 1: a wake-up it would only go back to sleep from, on the request's
     critical path."""
     enc, batcher = _batcher(tiny_model_dir, 2)
-    counting = _CountingCondition(batcher._lock)  # the lock the worker conditions share
-    batcher._wake[1] = counting
 
     async def go() -> None:
         batcher.start(asyncio.get_running_loop())
         await asyncio.get_running_loop().run_in_executor(None, batcher.ready.wait)
-        before = _CountingCondition.wakes
+        before = batcher.worker_stats()
         for i in range(20):
             vectors, _ = await batcher.embed([f"one text {i}"])
             assert vectors.shape == (1, enc.dim)
-        assert _CountingCondition.wakes == before
+        after = batcher.worker_stats()
         batcher.close()
+        assert after[1] == before[1]  # worker 1 neither woke nor ran a window
+        assert after[0]["windows"] - before[0]["windows"] == 20
 
     asyncio.run(go())
-    assert _CountingCondition.wakes >= 1  # close() woke it to stop
+    assert batcher.worker_stats()[1]["wakeups"] >= 1  # close() woke it to stop
 
 
 def test_a_call_costs_more_tokens_on_cuda() -> None:
