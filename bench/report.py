@@ -608,13 +608,32 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
     systems = rec.get("systems", {})
     names = [str(level[0]) for level in rec.get("settings", {}).get("levels", [])]
     st = rec.get("settings", {})
+    rounds = st.get("rounds", 1)
+    inter = off.get("interleaved", {})
+    if rounds > 1:
+        how = (
+            f"{fmt(st.get('duration_s'), '.0f')} s per level and server in {rounds} rounds of "
+            "every server in turn, the order reversed every other round; each figure is the "
+            "median of the rounds"
+        )
+    else:
+        how = f"{fmt(st.get('duration_s'), '.0f')} s per level, interleaved across servers"
+    reference = f"{fmt(off.get('sentences_per_s'))} sentences/s"
+    if inter:
+        runs = ", ".join(fmt(x) for x in inter.get("runs_sentences_per_s", []))
+        by_round = ", ".join(fmt(x, ".2f") for x in inter.get("served_ratio_by_round", []))
+        reference = (
+            f"{fmt(inter.get('sentences_per_s'))} sentences/s, the median of runs made before "
+            f"each round of {inter.get('level')} ({runs}; served at that level over the run "
+            f"before it, by round: {by_round}; before the servers started, best of "
+            f"{len(off.get('runs_sentences_per_s', []))}: {fmt(off.get('sentences_per_s'))})"
+        )
     lines = [
         "### Serving under load",
         "",
         f"`python -m bench.serve_load`, record `{src}` ({machine_line(rec.get('machine', {}))}"
-        f"): closed-loop clients on loopback, {fmt(st.get('duration_s'), '.0f')} s per level, "
-        "interleaved across servers. Offline `Encoder.encode` on the same texts: "
-        f"{fmt(off.get('sentences_per_s'))} sentences/s; a bare `encode([text])` call: "
+        f"): closed-loop clients on loopback, {how}. Offline `Encoder.encode` on the same "
+        f"texts: {reference}; a bare `encode([text])` call: "
         f"p50 {fmt(off.get('bare_encode_1', {}).get('p50_ms'), '.1f')} ms.",
         "",
     ]

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ class LevelResult:
     seconds: float = 0.0
     latency: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list, repr=False)  # each answered request's
 
     @property
     def requests_per_s(self) -> float:
@@ -136,6 +138,40 @@ class LevelResult:
             **self.latency,
             "error_samples": self.error_samples,
         }
+
+
+def merge_rounds(rounds: Sequence[LevelResult]) -> dict[str, Any]:
+    """One row (as ``LevelResult.row``) for a level run in several rounds: requests,
+    sentences, errors and seconds summed; requests/s and sentences/s the median of the
+    rounds' (one slow or fast moment of a shared machine moves it less than a sum would);
+    latency percentiles over every round's requests; ``rounds_sentences_per_s`` each
+    round's rate.
+
+    Raises:
+        ValueError: no rounds, or rounds of different levels.
+    """
+    if not rounds:
+        raise ValueError("no rounds to merge: run the level at least once")
+    first = rounds[0]
+    if any((r.name, r.concurrency, r.texts_per_request) != (first.name, first.concurrency,
+           first.texts_per_request) for r in rounds):  # fmt: skip
+        raise ValueError(f"rounds of different levels: {sorted({r.name for r in rounds})}")
+    merged = LevelResult(
+        first.name,
+        first.concurrency,
+        first.texts_per_request,
+        requests=sum(r.requests for r in rounds),
+        sentences=sum(r.sentences for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        seconds=sum(r.seconds for r in rounds),
+        latency=percentiles([x for r in rounds for x in r.latencies_s]),
+        error_samples=[s for r in rounds for s in r.error_samples][:5],
+    )
+    row = merged.row()
+    row["requests_per_s"] = float(np.median([r.requests_per_s for r in rounds]))
+    row["sentences_per_s"] = float(np.median([r.sentences_per_s for r in rounds]))
+    row["rounds_sentences_per_s"] = [r.sentences_per_s for r in rounds]
+    return row
 
 
 def request_bodies(texts: list[str], per_request: int, model: str) -> list[bytes]:
@@ -286,6 +322,7 @@ async def _closed_loop(
     if result is not None:
         result.seconds = time.perf_counter() - t_start
         result.latency = percentiles(latencies)
+        result.latencies_s = latencies
 
 
 def _run(coro: Any) -> Any:
