@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -38,6 +39,22 @@ SESSION_CACHE = "onnxruntime"
 # fp32 graph optimizes about as fast as its cached copy loads and is hashed (bench/startup.py).
 CACHED_PRECISIONS = ("int8",)
 OPTIMIZED_NAME = "model.optimized.onnx"
+
+# Every live runner, so that a forked child can replace their locks (below).
+_RUNNERS: weakref.WeakSet[OrtRunner] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A lock another thread of the parent held at the fork stays held in the child, where
+    that thread does not exist: the child's first side-by-side call would wait forever.
+    The child starts with one thread and none of the parent's calls, so a new lock is
+    right (its side-by-side pool is remade there, ``_side_by_side_pool``)."""
+    for runner in list(_RUNNERS):
+        runner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 META_NAME = "meta.json"
 
 
@@ -137,6 +154,7 @@ class OrtRunner:
         self._lock = threading.Lock()
         self._side_by_side: tuple[ort.InferenceSession, ThreadPoolExecutor] | None = None
         self._side_by_side_pid = 0  # the process that made the pool: a fork's child remakes it
+        _RUNNERS.add(self)
         self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
     def _options(self, threads: int | None = None) -> ort.SessionOptions:

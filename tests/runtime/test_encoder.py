@@ -275,6 +275,32 @@ def test_side_by_side_encoder_works_in_a_forked_child(tiny_model_dir: Path) -> N
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_fork_while_another_thread_holds_the_runner_lock(tiny_model_dir: Path) -> None:
+    """A fork while another thread of the parent holds the runner's lock (making the
+    side-by-side pool): the child, where that thread does not exist, still encodes instead
+    of waiting forever for the lock."""
+    import multiprocessing
+
+    texts = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
+    enc = bertrec.Encoder(
+        tiny_model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
+    )
+    want = enc.encode(texts)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_encode_in_child, args=(enc, texts, queue))
+    with enc._runner._lock:  # what a thread inside _side_by_side_pool holds
+        child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_default_budget_follows_side_by_side(tiny_model_dir: Path, backend: str) -> None:
     """ONNX Runtime with two threads or more on a CPU runs batches side by side and plans
     smaller ones by default; one thread, OpenVINO, or a budget given keep theirs."""
