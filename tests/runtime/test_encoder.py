@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -249,47 +250,15 @@ def _encode_in_child(encoder: bertrec.Encoder, texts: list[str], queue: Any) -> 
     queue.put(encoder.encode(texts))
 
 
-def test_side_by_side_encoder_works_in_a_forked_child(tiny_model_dir: Path) -> None:
-    """An Encoder that ran batches side by side, then forked (multiprocessing's default
-    on Linux): the child's pool threads are gone, so it makes its own instead of waiting
-    forever for them."""
+def _encode_in_forked_child(encoder: bertrec.Encoder, texts: list[str], held: Any = None) -> Any:
+    """``encoder.encode(texts)`` in a child forked while ``held`` is entered (a lock some
+    thread of the parent holds at the fork); fails if the child hangs or dies."""
     import multiprocessing
 
-    texts = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
-    enc = bertrec.Encoder(
-        tiny_model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
-    )
-    want = enc.encode(texts)
-    assert enc._runner._side_by_side is not None  # the pool exists before the fork
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_encode_in_child, args=(enc, texts, queue))
-    child.start()
-    try:
-        got = queue.get(timeout=60)
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
-    np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def test_fork_while_another_thread_holds_the_runner_lock(tiny_model_dir: Path) -> None:
-    """A fork while another thread of the parent holds the runner's lock (making the
-    side-by-side pool): the child, where that thread does not exist, still encodes instead
-    of waiting forever for the lock."""
-    import multiprocessing
-
-    texts = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
-    enc = bertrec.Encoder(
-        tiny_model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
-    )
-    want = enc.encode(texts)
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_encode_in_child, args=(enc, texts, queue))
-    with enc._runner._lock:  # what a thread inside _side_by_side_pool holds
+    child = ctx.Process(target=_encode_in_child, args=(encoder, texts, queue))
+    with held if held is not None else contextlib.nullcontext():
         child.start()
     try:
         got = queue.get(timeout=60)
@@ -298,6 +267,36 @@ def test_fork_while_another_thread_holds_the_runner_lock(tiny_model_dir: Path) -
         if child.is_alive():
             child.kill()
     assert child.exitcode == 0
+    return got
+
+
+def _side_by_side_encoder(model_dir: Path) -> bertrec.Encoder:
+    return bertrec.Encoder(
+        model_dir, backend="onnxruntime", precision="fp32", threads=2, max_batch_tokens=64
+    )
+
+
+FORK_TEXTS = [f"{t} {i}" * (1 + i % 5) for i, t in enumerate(TEXTS * 20)]
+
+
+def test_side_by_side_encoder_works_in_a_forked_child(tiny_model_dir: Path) -> None:
+    """An Encoder that ran batches side by side, then forked (multiprocessing's default
+    on Linux): the child's pool threads are gone, so it makes its own instead of waiting
+    forever for them."""
+    enc = _side_by_side_encoder(tiny_model_dir)
+    want = enc.encode(FORK_TEXTS)
+    assert enc._runner._side_by_side is not None  # the pool exists before the fork
+    np.testing.assert_allclose(_encode_in_forked_child(enc, FORK_TEXTS), want, atol=1e-5)
+
+
+def test_fork_while_another_thread_holds_the_runner_lock(tiny_model_dir: Path) -> None:
+    """A fork while another thread of the parent holds the runner's lock (making the
+    side-by-side pool): the child, where that thread does not exist, still encodes instead
+    of waiting forever for the lock."""
+    enc = _side_by_side_encoder(tiny_model_dir)
+    want = enc.encode(FORK_TEXTS)
+    # What a thread inside _side_by_side_pool holds.
+    got = _encode_in_forked_child(enc, FORK_TEXTS, held=enc._runner._lock)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
