@@ -681,6 +681,18 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         "",
         "Acceptance: " + "; ".join(verdicts + others) + ".",
     ]
+    c32 = level("bertrec", "1 text, c=32")
+    if "machine_idle_share" in c32:
+        cores = rec.get("machine", {}).get("cores_logical") or "the"
+        lines += [
+            "",
+            f"Where the machine's {cores} cores went at 1 text, c=32 (bertrec's rounds, "
+            f"warm-ups included): the server {fmt(c32.get('server_cores_used'), '.2f')} "
+            f"cores, its inference workers running windows "
+            f"{fmt(100 * c32.get('engine_busy_share', float('nan')), '.0f')}% of the time; "
+            f"the load generator {fmt(c32.get('loadgen_cores'), '.2f')} cores; idle "
+            f"{fmt(100 * c32['machine_idle_share'], '.1f')}% of the machine.",
+        ]
     ceiling = rec.get("engine_ceiling", {})
     if ceiling.get("levels"):
         parts = []

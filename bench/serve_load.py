@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from bench.common import (
@@ -69,6 +70,8 @@ LEVELS = (
     ("64 texts, c=4", 4, 64),
 )
 HEADLINE = "1 text, c=32"
+# bertrec serve's histogram of window run times: its sum is the workers' busy seconds.
+BUSY_METRIC = "bertrec_batch_seconds_sum"
 # The batcher's per-call cost before 2026-11-30 (a sixteenth of the token budget): the
 # engine line at c=32 also runs windows cut with it, so one run shows what the change gave.
 EARLIER_CALL_COST_SHARE = 1 / 16
@@ -276,12 +279,19 @@ def run_levels(
     }
     live = [name for name, s in servers.items() if isinstance(s, loadgen.Served)]
     offline_runs: list[float] = []
+    workers = _workers(servers["bertrec"], headers) if "bertrec" in live else 1
     for name, conc, per in LEVELS:
         bodies = loadgen.request_bodies(texts, per, MODEL_NAME)
         rounds: dict[str, list[loadgen.LevelResult]] = {s: [] for s in live}
         cpu = dict.fromkeys(live, 0.0)  # server CPU seconds, warm-ups included
         wall = dict.fromkeys(live, 0.0)
         done = dict.fromkeys(live, 0.0)  # sentences, warm-ups' estimated at the round's rate
+        # Where the machine's time went while each server ran: its idle share, the load
+        # generator's CPU and (bertrec) the inference workers' time in windows.
+        idle = dict.fromkeys(live, 0)
+        ticks = dict.fromkeys(live, 0)
+        client = dict.fromkeys(live, 0.0)
+        busy = 0.0
         for k in range(st.rounds):
             if offline is not None and name == HEADLINE:
                 offline_runs.append(offline())
@@ -289,10 +299,20 @@ def run_levels(
             for sys_name in live if k % 2 == 0 else live[::-1]:
                 served = servers[sys_name]
                 cpu0 = loadgen.cpu_seconds(served.proc.pid)
+                idle0, ticks0 = loadgen.machine_cpu_ticks()
+                client0 = loadgen.own_cpu_seconds()
+                if sys_name == "bertrec":
+                    busy -= loadgen.metric(served.base, headers, BUSY_METRIC)
                 seconds = st.duration_s / st.rounds
                 r = loadgen.run_level(name, served.url, headers, bodies, per, conc, seconds,
                                       st.max_requests, st.warmup_s)  # fmt: skip
                 cpu[sys_name] += loadgen.cpu_seconds(served.proc.pid) - cpu0
+                if sys_name == "bertrec":
+                    busy += loadgen.metric(served.base, headers, BUSY_METRIC)
+                idle1, ticks1 = loadgen.machine_cpu_ticks()
+                idle[sys_name] += idle1 - idle0
+                ticks[sys_name] += ticks1 - ticks0
+                client[sys_name] += loadgen.own_cpu_seconds() - client0
                 wall[sys_name] += r.seconds + st.warmup_s
                 done[sys_name] += r.sentences * (1 + st.warmup_s / max(r.seconds, 1e-9))
                 rounds[sys_name].append(r)
@@ -303,6 +323,11 @@ def run_levels(
             row["server_cpu_ms_per_sentence"] = cpu[sys_name] / max(done[sys_name], 1) * 1e3
             row["server_cores_used"] = cpu[sys_name] / max(wall[sys_name], 1e-9)
             row["server_rss_mb"] = loadgen.rss_mb(servers[sys_name].proc.pid)
+            row["machine_idle_share"] = idle[sys_name] / max(ticks[sys_name], 1)
+            row["loadgen_cores"] = client[sys_name] / max(wall[sys_name], 1e-9)
+            if sys_name == "bertrec":
+                # Share of the time the inference workers spent running windows.
+                row["engine_busy_share"] = busy / max(wall[sys_name] * workers, 1e-9)
             out[sys_name]["levels"].append(row)
             p50, p99 = (row.get(k, float("nan")) for k in ("p50_ms", "p99_ms"))
             each = " ".join(f"{x:.0f}" for x in row["rounds_sentences_per_s"])
@@ -311,6 +336,16 @@ def run_levels(
                 f"(rounds {each}) p50 {p50:7.1f} ms p99 {p99:7.1f} ms  errors {row['errors']}"
             )
     return out, offline_runs
+
+
+def _workers(served: loadgen.Served, headers: dict[str, str]) -> int:
+    """The inference workers ``bertrec serve`` runs (its ``/v1/models`` card)."""
+    import urllib.request
+
+    req = urllib.request.Request(served.base + "/v1/models", headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        card = orjson.loads(r.read())["data"][0]
+    return int(card["batching"]["workers"])
 
 
 def bertrec_checks(

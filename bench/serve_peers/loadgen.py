@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -43,6 +44,28 @@ def cpu_seconds(pid: int) -> float:
     cost the server whatever else ran on the machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine so far, every core (Linux /proc/stat):
+    the idle share between two readings is the capacity nothing used."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return ticks[3] + ticks[4], sum(ticks)  # idle + iowait; user ... steal
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def metric(base: str, headers: dict[str, str], name: str) -> float:
+    """One sample of a server's Prometheus ``/metrics`` (0.0 where it is absent)."""
+    import urllib.request
+
+    req = urllib.request.Request(base + "/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return _sample(r.read().decode(), name)
 
 
 class Served:
