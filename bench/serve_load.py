@@ -21,7 +21,7 @@ each concurrency, no HTTP), which splits the distance to offline into the window
 and the HTTP side's. Then, on bertrec only: served vectors against ``Encoder.encode``,
 bad requests, a soak (RSS and errors), and SIGTERM under load.
 
-    python -m bench.serve_load            # ~15 minutes on 2 cores; record in bench/results/
+    python -m bench.serve_load            # ~17 minutes on 2 cores; record in bench/results/
     python -m bench.serve_load --quick    # CI smoke, < 1 minute, no infinity, no soak
 """
 
