@@ -39,6 +39,7 @@ SESSION_CACHE = "onnxruntime"
 # fp32 graph optimizes about as fast as its cached copy loads and is hashed (bench/startup.py).
 CACHED_PRECISIONS = ("int8",)
 OPTIMIZED_NAME = "model.optimized.onnx"
+META_NAME = "meta.json"
 
 # Every live runner, so that a forked child can replace their locks (below).
 _RUNNERS: weakref.WeakSet[OrtRunner] = weakref.WeakSet()
@@ -55,7 +56,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
-META_NAME = "meta.json"
 
 
 def pick_variant(manifest: Manifest, model_dir: Path, precision: str, preferred: str) -> str:
