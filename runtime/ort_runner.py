@@ -41,17 +41,19 @@ CACHED_PRECISIONS = ("int8",)
 OPTIMIZED_NAME = "model.optimized.onnx"
 META_NAME = "meta.json"
 
-# Every live runner, so that a forked child can replace their locks (below).
+# Every live runner, so that a forked child can reset their threading state (below).
 _RUNNERS: weakref.WeakSet[OrtRunner] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A lock another thread of the parent held at the fork stays held in the child, where
-    that thread does not exist: the child's first side-by-side call would wait forever.
-    The child starts with one thread and none of the parent's calls, so a new lock is
-    right (its side-by-side pool is remade there, ``_side_by_side_pool``)."""
+    """A process forked (multiprocessing's default on Linux) starts with one thread: the
+    parent's side-by-side pool threads are gone, where a submitted batch would wait
+    forever, and a lock another thread of the parent held at the fork stays held, where
+    the first side-by-side call would wait forever too. Each runner gets a new lock and
+    makes its pool again on first use (``_side_by_side_pool``)."""
     for runner in list(_RUNNERS):
         runner._lock = threading.Lock()
+        runner._side_by_side = None
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -153,7 +155,6 @@ class OrtRunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._side_by_side: tuple[ort.InferenceSession, ThreadPoolExecutor] | None = None
-        self._side_by_side_pid = 0  # the process that made the pool: a fork's child remakes it
         _RUNNERS.add(self)
         self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
@@ -285,14 +286,12 @@ class OrtRunner:
             job.result()
 
     def _side_by_side_pool(self) -> tuple[ort.InferenceSession, ThreadPoolExecutor]:
-        """The one-thread session and its pool, made on first use. A process forked after
-        that (multiprocessing's default on Linux) inherits a pool whose threads are gone,
-        where a submitted batch would wait forever: the child makes its own."""
+        """The one-thread session and its pool, made on first use (and again in a forked
+        child: ``_after_fork_in_child``)."""
         with self._lock:
-            if self._side_by_side is None or self._side_by_side_pid != os.getpid():
+            if self._side_by_side is None:
                 pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bertrec-ort")
                 self._side_by_side = (self._cpu_session_of(1), pool)
-                self._side_by_side_pid = os.getpid()
             return self._side_by_side
 
     def _cpu_session_of(self, threads: int) -> ort.InferenceSession:
