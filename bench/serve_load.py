@@ -340,11 +340,7 @@ def run_levels(
 
 def _workers(served: loadgen.Served, headers: dict[str, str]) -> int:
     """The inference workers ``bertrec serve`` runs (its ``/v1/models`` card)."""
-    import urllib.request
-
-    req = urllib.request.Request(served.base + "/v1/models", headers=headers)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        card = orjson.loads(r.read())["data"][0]
+    card = orjson.loads(loadgen.get(served.base, "/v1/models", headers))["data"][0]
     return int(card["batching"]["workers"])
 
 

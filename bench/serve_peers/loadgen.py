@@ -59,13 +59,22 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def metric(base: str, headers: dict[str, str], name: str) -> float:
-    """One sample of a server's Prometheus ``/metrics`` (0.0 where it is absent)."""
+def get(base: str, path: str, headers: dict[str, str], timeout_s: float = 10) -> bytes:
+    """The body of ``GET base + path``.
+
+    Raises:
+        urllib.error.URLError / OSError: no answer, or an HTTP error status.
+    """
     import urllib.request
 
-    req = urllib.request.Request(base + "/metrics", headers=headers)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return _sample(r.read().decode(), name)
+    req = urllib.request.Request(base + path, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        return bytes(r.read())
+
+
+def metric(base: str, headers: dict[str, str], name: str) -> float:
+    """One sample of a server's Prometheus ``/metrics`` (0.0 where it is absent)."""
+    return _sample(get(base, "/metrics", headers).decode(), name)
 
 
 class Served:
@@ -92,17 +101,14 @@ class Served:
 
     def wait_ready(self, path: str, headers: dict[str, str], timeout_s: float = 300) -> None:
         import urllib.error
-        import urllib.request
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
             try:
-                req = urllib.request.Request(self.base + path, headers=headers)
-                with urllib.request.urlopen(req, timeout=2) as r:
-                    if r.status == 200:
-                        return
+                get(self.base, path, headers, timeout_s=2)  # an error status raises
+                return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.25)
