@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration_s,
             "levels": LEVELS,
             "cuda_call_cost_share": batcher.CUDA_CALL_COST_SHARE,
-            "inline_tokenize_chars": batcher.INLINE_TOKENIZE_CHARS,
+            "chars_per_token": batcher.CHARS_PER_TOKEN,
         },
         "errors": {},
     }

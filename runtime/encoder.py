@@ -65,10 +65,10 @@ class Batch:
 
 
 # Up to this many texts are tokenized one by one on the calling thread; more go through
-# ``encode_batch``, which hands them to the tokenizers library's thread pool (releasing the
-# GIL). For a server's one-text requests the hand-off costs more than it saves: ~4% more
-# requests/s at concurrency 1 in a one-off A/B of two servers (not a bench/ script); the
-# encodings are the same.
+# ``encode_batch``, which lets go of the GIL and hands them to the tokenizers library's
+# thread pool (unless TOKENIZERS_PARALLELISM turns it off; a server does). For one text
+# the hand-off costs more than it saves: ~4% more requests/s at concurrency 1 in a one-off
+# A/B of two servers (not a bench/ script); the encodings are the same.
 SERIAL_TOKENIZE_TEXTS = 8
 
 
@@ -236,6 +236,13 @@ def _find_bad_unicode(items: Sequence[str]) -> int | None:
         except UnicodeEncodeError:
             return i
     return None
+
+
+def _bad_unicode(i: int) -> InputValueError:
+    return InputValueError(
+        f"texts[{i}] is not valid Unicode (it holds a lone surrogate); clean it, e.g. "
+        "text.encode('utf-8', 'replace').decode('utf-8')"
+    )
 
 
 class Encoder:
@@ -441,6 +448,20 @@ class Encoder:
         (bf16 runs the fp32 file). Stores record it; see ``ItemCatalog.check_encoder``."""
         file = "fp32" if self.precision == "bf16" else self.precision
         return f"{self.precision}:{self.manifest.variants[file].sha256[:12]}"
+
+    def check_texts(self, texts: Sequence[str]) -> list[str]:
+        """``texts`` as a list, checked as ``encode`` checks them (each a str, valid
+        Unicode) without tokenizing them: for callers that admit texts now and tokenize
+        them later (a server checks a request on arrival and tokenizes it with its batch).
+
+        Raises:
+            InputTypeError / InputValueError: as ``encode``.
+        """
+        items = _check_texts(texts)
+        bad = _find_bad_unicode(items)
+        if bad is not None:
+            raise _bad_unicode(bad)
+        return items
 
     def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
         """Token ids of ``texts`` (special tokens added, truncated to ``max_length``): the
@@ -652,10 +673,7 @@ class Encoder:
             bad = _find_bad_unicode(items)
             if bad is None:
                 raise
-            raise InputValueError(
-                f"texts[{bad}] is not valid Unicode (it holds a lone surrogate); clean it, e.g. "
-                "text.encode('utf-8', 'replace').decode('utf-8')"
-            ) from exc
+            raise _bad_unicode(bad) from exc
 
     def _pad(self, encodings: list[Encoding], rows: NDArray[np.intp]) -> Batch:
         width = max(len(e.ids) for e in encodings)

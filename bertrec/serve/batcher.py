@@ -1,7 +1,8 @@
-"""The dynamic batcher: one per model. Concurrent requests' texts, tokenized on arrival on
-the event loop, wait in one bounded queue; inference threads take them in windows, run
-each window as batches of similar lengths within the token budget
-(``Encoder.encode_tokens``) and scatter the rows back to each request, in order.
+"""The dynamic batcher: one per model. Concurrent requests' texts, checked on arrival on
+the event loop, wait in one bounded queue; inference threads take them in windows,
+tokenize each window (while the other thread runs its own), run it as batches of similar
+lengths within the token budget (``Encoder.encode_tokens``) and scatter the rows back to
+each request, in order.
 
 The queue holds one segment per request, not one item per text, so a request of one text
 and a request of a thousand cost the scheduler the same few operations; a request longer
@@ -12,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from tokenizers import Encoding
 
 from bertrec.core import check_int
 from bertrec.errors import ConfigError
@@ -47,15 +47,19 @@ CALL_COST_SHARE = 1 / 64
 # within run-to-run noise of 1/4 (0.8-1.2x; bench/gpu_check.py, records
 # gpu-check-20261130T215053Z and gpu-check-20261130T220521Z).
 CUDA_CALL_COST_SHARE = 1 / 4
-# Requests whose texts hold more characters than this are tokenized in a worker thread
-# (the tokenizer lets go of the GIL): inline, 64 short texts (~6,000 characters) held the
-# event loop for over a millisecond, in which it answered no one (a GPU server's loop is
-# its narrowest part). On 2 CPU cores the change measured neutral in a one-off A/B of two
-# servers, not a bench/ script (64-text requests at c=4, interleaved: 1,009 vs 1,003
-# sentences/s with the earlier 8,192). Single texts stay
-# inline: the hop to a thread and back costs about as much as tokenizing one.
-INLINE_TOKENIZE_CHARS = 2048
-TOKENIZE_THREADS = 2
+# Texts are tokenized by the inference thread that runs them, a window at a time, not on
+# the event loop: one short text costs ~35 us to tokenize (MiniLM's WordPiece, ~100
+# characters), a quarter of the loop's work per request, and a window of more than a few
+# texts is tokenized with the GIL let go (``Encoder.tokenize``), so the loop keeps
+# answering meanwhile. Against tokenizing on arrival, in a one-off A/B of two servers (not
+# a bench/ script; 2 cores, interleaved, 4 rounds): c=32 +5%, c=8 +8%, c=1 +4%
+# sentences/s. Until then the queue counts a text's tokens by this estimate (it sizes
+# windows only; batches use the real lengths):
+CHARS_PER_TOKEN = 4
+# The tokenizers library runs a batch on a thread pool of every core unless this variable
+# says no: beside two inference threads that already keep the cores busy, its threads
+# only contend with them.
+TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"
 # The longest the engine waits, after a window, for the clients it answered to come back
 # (a loopback round trip through Python clients takes a few milliseconds).
 DEFAULT_MAX_WAIT_MS = 5.0
@@ -69,23 +73,26 @@ BatchObserver = Callable[[int, int, int, float], None]
 
 
 class _Job:
-    """One request's texts: filled in by the inference thread, awaited on the loop."""
+    """One request's texts: filled in by the inference thread, awaited on the loop.
+    ``lengths`` are estimated token counts (the queue's accounting); ``tokens`` adds up
+    the real ones as the texts are tokenized."""
 
-    __slots__ = ("encodings", "lengths", "out", "future", "left", "cancelled")
+    __slots__ = ("texts", "lengths", "out", "future", "left", "cancelled", "tokens")
 
     def __init__(
         self,
-        encodings: list[Encoding],
+        texts: list[str],
         lengths: NDArray[np.int64],
         dim: int,
         future: asyncio.Future[None],
     ) -> None:
-        self.encodings = encodings
+        self.texts = texts
         self.lengths = lengths
-        self.out = np.empty((len(encodings), dim), dtype=np.float32)
+        self.out = np.empty((len(texts), dim), dtype=np.float32)
         self.future = future
-        self.left = len(encodings)
+        self.left = len(texts)
         self.cancelled = False
+        self.tokens = 0
 
 
 class Batcher:
@@ -152,9 +159,6 @@ class Batcher:
         self._pending = 0  # requests admitted and not answered (changed on the loop only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
-        self._tokenize_pool = ThreadPoolExecutor(
-            TOKENIZE_THREADS, thread_name_prefix="bertrec-tokenize"
-        )
         self.ready = threading.Event()
 
     # -- state read by metrics and health ---------------------------------------------------
@@ -181,8 +185,11 @@ class Batcher:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the inference threads; ``ready`` is set once each has warmed up."""
+        """Start the inference threads; ``ready`` is set once each has warmed up. Turns
+        the tokenizers library's own thread pool off for the process (the environment
+        variable ``TOKENIZERS_PARALLELISM``), unless it is set already."""
         self._loop = loop
+        os.environ.setdefault(TOKENIZERS_PARALLELISM, "false")
         for i in range(self.workers):
             thread = threading.Thread(
                 target=self._main, args=(i,), name=f"bertrec-inference-{i}", daemon=True
@@ -198,7 +205,6 @@ class Batcher:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the event-loop side --------------------------------------------------------------
 
@@ -207,12 +213,21 @@ class Batcher:
 
         Raises:
             Overloaded: the queue is full, or the server is shutting down.
-            InputValueError: a text is not valid Unicode.
+            InputTypeError / InputValueError: as ``Encoder.encode`` (a text that is not a
+                str, or not valid Unicode).
         """
         loop = self._loop
         if loop is None or self._closing:
             raise Overloaded("the server is shutting down; retry on another replica")
-        n = len(texts)
+        items = self.encoder.check_texts(texts)
+        if self._prefix:
+            items = [self._prefix + t for t in items]
+        n = len(items)
+        top = self.encoder.max_length
+        lengths = np.fromiter(
+            (min(top, 2 + len(t) // CHARS_PER_TOKEN) for t in items), dtype=np.int64, count=n
+        )
+        job = _Job(items, lengths, self.encoder.manifest.dim, loop.create_future())
         with self._lock:
             if self._waiting >= self.max_queue:
                 raise Overloaded(
@@ -220,24 +235,15 @@ class Batcher:
                     "retry after a second"
                 )
             self._waiting += n
+            self._pending += 1
+            self._peak = max(self._peak, self._pending)
+            self._queue.append((job, 0))
+            self._queued_tokens += int(lengths.sum())
+            if self._busy:
+                self._notify_all()  # whichever worker is free
+            else:
+                self._wake[0].notify()  # an idle engine's work goes to worker 0
         try:
-            encodings = await self._tokenize(texts)
-        except BaseException:
-            with self._lock:
-                self._waiting -= n
-            raise
-        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=n)
-        job = _Job(encodings, lengths, self.encoder.manifest.dim, loop.create_future())
-        try:
-            with self._lock:
-                self._pending += 1
-                self._peak = max(self._peak, self._pending)
-                self._queue.append((job, 0))
-                self._queued_tokens += int(lengths.sum())
-                if self._busy:
-                    self._notify_all()  # whichever worker is free
-                else:
-                    self._wake[0].notify()  # an idle engine's work goes to worker 0
             await job.future
         except asyncio.CancelledError:
             job.cancelled = True  # the scheduler drops what has not run yet
@@ -246,7 +252,7 @@ class Batcher:
             self._pending -= 1
         dim = self.encoder.dim
         out = job.out if dim == job.out.shape[1] else np.ascontiguousarray(job.out[:, :dim])
-        return out, int(lengths.sum())
+        return out, job.tokens
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """``embed`` for a worker thread (the ``Recommender``'s free texts): blocks until
@@ -255,14 +261,6 @@ class Batcher:
             raise Overloaded("the batcher is not running")
         future = asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop)
         return future.result()[0]
-
-    async def _tokenize(self, texts: Sequence[str]) -> list[Encoding]:
-        if self._prefix:
-            texts = [self._prefix + t for t in texts]
-        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
-            return self.encoder.tokenize(texts)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenize_pool, self.encoder.tokenize, texts)
 
     def _notify_all(self) -> None:
         """Wake every waiting worker (the caller holds the lock)."""
@@ -328,17 +326,17 @@ class Batcher:
             return self._cut()
 
     def _cut(self) -> list[tuple[_Job, int, int]]:
-        """Up to ``window_tokens`` real tokens off the front of the queue (at least one
-        text), and no more than this worker's share of the queue while others are free, so
-        they all get work; a request that does not fit is split and its rest stays first
-        in line."""
+        """Up to ``window_tokens`` tokens (as estimated on arrival) off the front of the
+        queue (at least one text), and no more than this worker's share of the queue while
+        others are free, so they all get work; a request that does not fit is split and
+        its rest stays first in line."""
         window: list[tuple[_Job, int, int]] = []
         used = 0
         free = self.workers - self._busy
         limit = min(self.window_tokens, -(-self._queued_tokens // free))
         while self._queue:
             job, start = self._queue[0]
-            n = len(job.encodings)
+            n = len(job.texts)
             if job.cancelled:
                 self._queue.popleft()
                 self._waiting -= n - start
@@ -367,18 +365,20 @@ class Batcher:
         return window
 
     def _run(self, window: list[tuple[_Job, int, int]]) -> None:
-        encodings: list[Encoding] = []
+        texts: list[str] = []
         for job, start, stop in window:
-            encodings.extend(job.encodings[start:stop])
-        lengths = np.concatenate([job.lengths[a:b] for job, a, b in window])
+            texts.extend(job.texts[start:stop])
         t0 = time.perf_counter()
+        lengths = np.zeros(0, dtype=np.int64)
         done: list[_Job] = []
         error: BaseException | None = None
         # One request in the whole server: its batch may take every thread (a bare
         # encode([text])'s speed); under load each worker keeps to its own stream.
         alone = len(window) == 1 and self._pending <= 1 and self._busy == 1
         try:
-            out = np.empty((len(encodings), self.encoder.manifest.dim), dtype=np.float32)
+            encodings = self.encoder.tokenize(texts)  # checked on arrival (embed)
+            lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(texts))
+            out = np.empty((len(texts), self.encoder.manifest.dim), dtype=np.float32)
             for rows in length_groups(lengths, self.encoder.max_batch_tokens, self.call_tokens):
                 batch = [encodings[i] for i in rows]
                 out[rows] = self.encoder.encode_tokens(batch, alone=alone)
@@ -394,6 +394,7 @@ class Batcher:
                     done.append(job)
                     continue
                 job.out[start:stop] = out[row : row + stop - start]
+                job.tokens += int(lengths[row : row + stop - start].sum())
                 row += stop - start
                 job.left -= stop - start
                 if job.left == 0:
@@ -406,7 +407,7 @@ class Batcher:
         if done and self._loop is not None:
             self._loop.call_soon_threadsafe(self._finish, done, error)
         if self._observe is not None:
-            self._observe(len(window), len(encodings), int(lengths.sum()), seconds)
+            self._observe(len(window), len(texts), int(lengths.sum()), seconds)
 
     def describe(self) -> dict[str, Any]:
         """The settings, for logs and ``/v1/models``."""

@@ -187,6 +187,17 @@ def test_encode_iter_bad_input(enc: bertrec.Encoder) -> None:
 def test_bad_input(enc: bertrec.Encoder, texts: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         enc.encode(texts)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):  # check_texts refuses what encode refuses
+        enc.check_texts(texts)  # type: ignore[arg-type]
+
+
+def test_check_texts_gives_the_texts_as_a_list(enc: bertrec.Encoder) -> None:
+    assert enc.check_texts(["a", "b"]) == ["a", "b"]
+    assert enc.check_texts(("a", "")) == ["a", ""]
+    assert enc.check_texts(np.array(["x", "y"])) == ["x", "y"]
+    assert enc.check_texts([]) == []
+    many = ["text"] * 100_000
+    assert enc.check_texts(many) == many
 
 
 def test_bad_input_is_also_the_builtin_error(enc: bertrec.Encoder) -> None:

@@ -154,35 +154,68 @@ def test_call_cost_of_bad_input_says_what_is_wrong(device: Any, budget: Any, say
         call_tokens(device, budget)
 
 
-def test_large_requests_are_tokenized_off_the_event_loop(tiny_model_dir: Path) -> None:
-    """One short text is tokenized inline (a hop to a thread costs as much); a request of
-    many texts in a tokenizer thread, so the loop keeps answering others meanwhile."""
-    from bertrec.serve.batcher import INLINE_TOKENIZE_CHARS
-
-    enc, batcher = _batcher(tiny_model_dir, 1)
-    where: dict[int, str] = {}  # texts in the call -> the thread that tokenized them
+def test_texts_are_tokenized_by_the_inference_threads(tiny_model_dir: Path) -> None:
+    """The event loop only checks a request's texts; the inference thread that runs them
+    tokenizes them, a window at a time, and the token counts are the tokenizer's."""
+    enc, batcher = _batcher(tiny_model_dir, 2)
+    where: list[str] = []  # the thread of every tokenize call after warm-up
     tokenize = enc.tokenize
 
     def recording(texts: Any) -> Any:
-        where[len(texts)] = threading.current_thread().name
+        where.append(threading.current_thread().name)
         return tokenize(texts)
 
-    enc.tokenize = recording  # type: ignore[method-assign]
-    many = [f"a longer item text number {i} " * 4 for i in range(64)]
-    assert sum(map(len, many)) > INLINE_TOKENIZE_CHARS
+    one = ["one short text"]
+    many = [f"a longer item text number {i} " * (1 + i % 5) for i in range(64)]
 
-    async def go() -> None:
+    async def go() -> list[tuple[Any, int]]:
         batcher.start(asyncio.get_running_loop())
+        await asyncio.get_running_loop().run_in_executor(None, batcher.ready.wait)
+        enc.tokenize = recording  # type: ignore[method-assign]
         try:
-            await batcher.embed(["one short text"])
-            vectors, _ = await batcher.embed(many)
-            np.testing.assert_allclose(vectors, enc.encode(many), atol=1e-5)
+            return [
+                await batcher.embed(one),
+                *await asyncio.gather(*(batcher.embed(many[i : i + 8]) for i in range(0, 64, 8))),
+            ]
         finally:
             batcher.close()
 
-    asyncio.run(go())
-    assert where[1] == threading.main_thread().name  # asyncio.run's loop
-    assert where[64].startswith("bertrec-tokenize")
+    results = asyncio.run(go())
+    assert where and all(name.startswith("bertrec-inference") for name in where)
+    for texts, (vectors, tokens) in zip(
+        [one] + [many[i : i + 8] for i in range(0, 64, 8)], results, strict=True
+    ):
+        np.testing.assert_allclose(vectors, enc.encode(texts), atol=1e-5)
+        assert tokens == sum(len(e) for e in tokenize(texts))
+
+
+def test_a_bad_text_fails_its_own_request_only(tiny_model_dir: Path) -> None:
+    """Texts are checked on arrival: a text that is not a str, or not valid Unicode, is
+    refused at once with the Encoder's error, nothing of it queued, and requests beside it
+    are answered."""
+    from bertrec.errors import InputTypeError, InputValueError
+
+    enc, batcher = _batcher(tiny_model_dir, 2)
+
+    async def go() -> list[Any]:
+        batcher.start(asyncio.get_running_loop())
+        try:
+            return await asyncio.gather(
+                batcher.embed(["fine", "also fine"]),
+                batcher.embed(["ok", "lone \ud800 surrogate"]),
+                batcher.embed(["ok", 3]),  # type: ignore[list-item]
+                batcher.embed(["fine too"]),
+                return_exceptions=True,
+            )
+        finally:
+            batcher.close()
+
+    good, surrogate, number, other = asyncio.run(go())
+    assert isinstance(surrogate, InputValueError) and "texts[1]" in str(surrogate)
+    assert isinstance(number, InputTypeError) and "texts[1] is int" in str(number)
+    np.testing.assert_allclose(good[0], enc.encode(["fine", "also fine"]), atol=1e-5)
+    np.testing.assert_allclose(other[0], enc.encode(["fine too"]), atol=1e-5)
+    assert batcher.queued == 0 and batcher.pending == 0
 
 
 def test_two_model_runs_by_default_on_cpu_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
