@@ -72,9 +72,9 @@ LEVELS = (
 HEADLINE = "1 text, c=32"
 # bertrec serve's histogram of window run times: its sum is the workers' busy seconds.
 BUSY_METRIC = "bertrec_batch_seconds_sum"
-# The batcher's per-call cost before 2026-11-30 (a sixteenth of the token budget): the
+# The batcher's per-call cost before 2026-12-01 (a sixty-fourth of the token budget): the
 # engine line at c=32 also runs windows cut with it, so one run shows what the change gave.
-EARLIER_CALL_COST_SHARE = 1 / 16
+EARLIER_CALL_COST_SHARE = 1 / 64
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,15 @@ log = logging.getLogger("bertrec.serve")
 # to group by length, not so many that new requests wait long behind it
 # (bench/serve_load.py measures the latency it gives).
 WINDOW_BUDGETS = 4
-# One more batch costs about as much as this share of the token budget in padding (16
+# One more batch costs about as much as this share of the token budget in padding (4
 # tokens of a CPU's 1024): windows are cut into batches of similar lengths where the
 # padding saved is worth more. Two inference threads on 10- and 16-text windows (MiniLM
 # int8, 2 cores) ran 1.09x faster with 1/64 than with the earlier 1/16, which cut fewer,
-# more padded batches (bench/serve_load.py's engine line at c=32 measures both).
-CALL_COST_SHARE = 1 / 64
+# more padded batches; 1/256 then beat 1/64 in every round of a one-off A/B of two
+# servers (not a bench/ script; 6 interleaved rounds on a quiet machine): c=32 +2%, c=8
+# +2.6%, 64-text requests +1.8%; 1/1024 lost to 1/256 at c=32 (-2%) and c=8 (-1%).
+# bench/serve_load.py's engine line at c=32 runs both this and the earlier share.
+CALL_COST_SHARE = 1 / 256
 # On CUDA a call costs far more against its budget: a one-text call of MiniLM fp16 took
 # 1.2-1.4 ms on an H200, where full batches ran 34,000-45,000 texts a second. The engine
 # alone on windows of 16 / 64 / 256 texts, cut at 1/4 of CUDA's 16,384 tokens per call,

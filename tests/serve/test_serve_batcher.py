@@ -123,7 +123,7 @@ def test_idle_engine_wakes_worker_zero_only(tiny_model_dir: Path) -> None:
 def test_a_call_costs_more_tokens_on_cuda() -> None:
     from bertrec.serve.batcher import call_tokens
 
-    assert call_tokens("cpu", 1024) == 16
+    assert call_tokens("cpu", 1024) == 4
     assert call_tokens("cuda", 16384) == 4096
     # The cut follows: on CUDA a window of a few lengths stays one call.
     lengths = np.array([30] * 10 + [12] * 60)
