@@ -4,7 +4,7 @@ A bounded closed-loop load generator (asyncio on uvloop, keep-alive connections 
 prepared HTTP/1.1 requests: ~0.03 cores at 500 requests/s, where aiohttp took a core and
 capped every server near 320/s on 2 cores; bench/serve_peers/loadgen.py) sends
 single-text requests at concurrency 1, 8, 32 and 128 and 64-text requests at concurrency 4,
-all on loopback, each level in three rounds of every server in turn (the order reversed
+all on loopback, each level in five rounds of every server in turn (the order reversed
 every other round; a level's figure is the median of its rounds):
 
 - ``bertrec``: ``python -m bertrec.serve`` with its defaults and an API key;
@@ -81,7 +81,10 @@ EARLIER_CALL_COST_SHARE = 1 / 64
 class Settings:
     texts: int = 2048
     duration_s: float = 15.0  # per level and server, split into ``rounds``
-    rounds: int = 3
+    # Five short rounds, not three long ones: on a shared 2-core machine one server at c=1
+    # moved 0.6-1.6x between 5-second rounds, and a 3-round run had bertrec at 0.81x the
+    # naive server where 10 rounds of 3 s gave 0.98x.
+    rounds: int = 5
     warmup_s: float = 1.0  # before each round
     max_requests: int = 100_000
     bare_calls: int = 300
