@@ -120,6 +120,40 @@ def test_idle_engine_wakes_worker_zero_only(tiny_model_dir: Path) -> None:
     assert batcher.worker_stats()[1]["wakeups"] >= 1  # close() woke it to stop
 
 
+def test_no_request_waits_forever_when_signals_race_timeouts(tiny_model_dir: Path) -> None:
+    """Clients that come back at scattered moments, with a wait bound shorter than a
+    window, so workers often time out as a signal arrives: every request is answered
+    with its own rows, and close() stops both workers."""
+    from bertrec import Encoder
+    from bertrec.serve.batcher import Batcher
+
+    enc = Encoder(tiny_model_dir, precision="fp32", threads=1, streams=2)
+    batcher = Batcher(enc, max_wait_s=0.0005, workers=2)
+    rng = np.random.default_rng(0)
+    pauses = rng.exponential(0.002, size=(8, 25))
+
+    async def client(k: int) -> list[tuple[str, Any]]:
+        got = []
+        for i, pause in enumerate(pauses[k]):
+            await asyncio.sleep(float(pause))
+            text = f"client {k} request {i} " * (1 + (k + i) % 5)
+            got.append((text, (await batcher.embed([text]))[0]))
+        return got
+
+    async def go() -> list[list[tuple[str, Any]]]:
+        batcher.start(asyncio.get_running_loop())
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(8))), 60)
+        finally:
+            batcher.close()
+
+    answers = [pair for got in asyncio.run(go()) for pair in got]
+    assert len(answers) == 8 * 25
+    texts = [t for t, _ in answers]
+    np.testing.assert_allclose(np.vstack([v for _, v in answers]), enc.encode(texts), atol=1e-5)
+    assert not any(t.is_alive() for t in batcher._threads)
+
+
 def test_a_call_costs_more_tokens_on_cuda() -> None:
     from bertrec.serve.batcher import call_tokens
 
