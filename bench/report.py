@@ -730,6 +730,26 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
                 f"{fmt(cut.get('earlier_sentences_per_s'))} with the earlier "
                 f"{cut.get('earlier_call_tokens')} (interleaved)."
             )
+    held = [
+        f"{name} {fmt(level('bertrec', name).get('texts_per_window'), '.1f')}"
+        for name in names
+        if "texts_per_window" in level("bertrec", name)
+    ]
+    if held:
+        lines += ["", "Texts per window as served (bertrec's metrics): " + "; ".join(held) + "."]
+    path = rec.get("request_path")
+    if path:
+        c1 = level("bertrec", names[0]).get("p50_ms") if names else None
+        share = 100 * (path["bertrec_us"] - path["naive_us"]) / (c1 * 1e3) if c1 else None
+        lines += [
+            "",
+            "A request's path with the model call answered at once (`request_path_cost`: "
+            "in-process, one request at a time, interleaved rounds): bertrec's batcher "
+            f"{fmt(path.get('bertrec_us'), '.0f')} us, the naive server's "
+            f"`asyncio.to_thread(encode)` {fmt(path.get('naive_us'), '.0f')} us per request "
+            f"(bertrec's minus the naive one's: {fmt(share, '.1f')}% "
+            f"of bertrec's p50 latency at {names[0] if names else 'c=1'}).",
+        ]
     other = rec.get("engine_ceiling_bf16") or {}
     if other.get("levels") and ceiling.get("levels"):
         parts = []

@@ -70,8 +70,13 @@ LEVELS = (
     ("64 texts, c=4", 4, 64),
 )
 HEADLINE = "1 text, c=32"
-# bertrec serve's histogram of window run times: its sum is the workers' busy seconds.
-BUSY_METRIC = "bertrec_batch_seconds_sum"
+# bertrec serve's histograms of windows: run time (its sum is the workers' busy seconds),
+# and texts (sum over count: the mean window).
+WINDOW_METRICS = (
+    "bertrec_batch_seconds_sum",
+    "bertrec_batch_size_sum",
+    "bertrec_batch_size_count",
+)
 # The batcher's per-call cost before 2026-12-01 (a sixty-fourth of the token budget): the
 # engine line at c=32 also runs windows cut with it, so one run shows what the change gave.
 EARLIER_CALL_COST_SHARE = 1 / 64
@@ -90,6 +95,8 @@ class Settings:
     bare_calls: int = 300
     offline_repeats: int = 3
     fidelity_texts: int = 512
+    path_requests: int = 2000  # per round of request_path_cost, each side
+    path_rounds: int = 8
     sigterm_requests: int = 128
     soak_s: float = 300.0
     soak_concurrency: int = 32
@@ -106,6 +113,8 @@ QUICK = Settings(
     bare_calls=20,
     offline_repeats=1,
     fidelity_texts=32,
+    path_requests=50,
+    path_rounds=2,
     sigterm_requests=16,
     soak_s=0.0,
     infinity=False,
@@ -227,6 +236,78 @@ def engine_ceiling(
     return out
 
 
+class _ZeroModel:
+    """An Encoder's backend runner that answers zeros at once, so that what a request
+    costs around the model call is all that is left to time."""
+
+    def __init__(self, runner: Any, dim: int) -> None:
+        self._runner, self._dim = runner, dim
+
+    def run(self, feeds: dict[str, Any], alone: bool = False) -> NDArray[np.float32]:
+        return np.zeros((len(feeds["input_ids"]), self._dim), dtype=np.float32)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+
+def request_path_cost(model_dir: Path, texts: list[str], st: Settings) -> dict[str, Any]:
+    """Microseconds per single-text request from the event loop through the model call
+    and back, with the model call itself answered at once (``_ZeroModel``): bertrec's
+    batcher (as ``bertrec serve`` builds it, metrics included) against the naive server's
+    ``asyncio.to_thread(Encoder.encode, [text])``, one request at a time, on uvloop,
+    interleaved rounds. At c=1 a request costs this plus the model call plus HTTP, so the
+    difference is what the batcher costs a lone request against the naive server; it
+    does not move with the machine's load the way the c=1 throughput does."""
+    import asyncio
+
+    from bertrec import Encoder
+    from bertrec.serve.app import parallelism
+    from bertrec.serve.batcher import Batcher
+    from bertrec.serve.metrics import Metrics
+
+    threads, workers = parallelism("cpu", None, None)
+    enc = Encoder(model_dir, threads=threads, streams=workers)
+    enc._runner = _ZeroModel(enc._runner, enc.manifest.dim)  # the stub, on this copy only
+    one = [[t] for t in texts]
+
+    async def rounds() -> dict[str, list[float]]:
+        loop = asyncio.get_running_loop()
+        metrics = Metrics(lambda: 0, lambda: 0)
+        batcher = Batcher(enc, workers=workers, observe=metrics.observe_batch)
+        batcher.start(loop)
+        while not batcher.ready.is_set():
+            await asyncio.sleep(0.01)
+
+        async def bertrec(items: list[str]) -> Any:
+            return await batcher.embed(items)
+
+        async def naive(items: list[str]) -> Any:
+            return await asyncio.to_thread(enc.encode, items)
+
+        sides = {"bertrec": bertrec, "naive": naive}
+        out: dict[str, list[float]] = {name: [] for name in sides}
+        try:
+            for k in range(st.path_rounds + 1):  # the first round warms up
+                for name in sides if k % 2 else list(sides)[::-1]:
+                    call = sides[name]
+                    t0 = time.perf_counter()
+                    for i in range(st.path_requests):
+                        await call(one[i % len(one)])
+                    if k:
+                        out[name].append((time.perf_counter() - t0) / st.path_requests * 1e6)
+        finally:
+            batcher.close()
+        return out
+
+    runs = loadgen.run_async(rounds())
+    return {
+        "bertrec_us": float(np.median(runs["bertrec"])),
+        "naive_us": float(np.median(runs["naive"])),
+        "runs_us": runs,
+        "requests_per_round": st.path_requests,
+    }
+
+
 def start_servers(model_dir: Path, st: Settings, logs: Path) -> dict[str, Any]:
     """Every server, started together (each idles while another is measured)."""
     env = {**os.environ, KEY_ENV: "bench-key", "HF_HUB_OFFLINE": "1"}
@@ -294,7 +375,7 @@ def run_levels(
         idle = dict.fromkeys(live, 0)
         ticks = dict.fromkeys(live, 0)
         client = dict.fromkeys(live, 0.0)
-        busy = 0.0
+        windows = np.zeros(len(WINDOW_METRICS))  # busy seconds, texts, windows
         for k in range(st.rounds):
             if offline is not None and name == HEADLINE:
                 offline_runs.append(offline())
@@ -305,13 +386,13 @@ def run_levels(
                 idle0, ticks0 = loadgen.machine_cpu_ticks()
                 client0 = loadgen.own_cpu_seconds()
                 if sys_name == "bertrec":
-                    busy -= loadgen.metric(served.base, headers, BUSY_METRIC)
+                    windows -= loadgen.metrics(served.base, headers, WINDOW_METRICS)
                 seconds = st.duration_s / st.rounds
                 r = loadgen.run_level(name, served.url, headers, bodies, per, conc, seconds,
                                       st.max_requests, st.warmup_s)  # fmt: skip
                 cpu[sys_name] += loadgen.cpu_seconds(served.proc.pid) - cpu0
                 if sys_name == "bertrec":
-                    busy += loadgen.metric(served.base, headers, BUSY_METRIC)
+                    windows += loadgen.metrics(served.base, headers, WINDOW_METRICS)
                 idle1, ticks1 = loadgen.machine_cpu_ticks()
                 idle[sys_name] += idle1 - idle0
                 ticks[sys_name] += ticks1 - ticks0
@@ -329,8 +410,11 @@ def run_levels(
             row["machine_idle_share"] = idle[sys_name] / max(ticks[sys_name], 1)
             row["loadgen_cores"] = client[sys_name] / max(wall[sys_name], 1e-9)
             if sys_name == "bertrec":
-                # Share of the time the inference workers spent running windows.
+                # Share of the time the inference workers spent running windows, and the
+                # texts a window held on average (warm-ups included).
+                busy, texts_run, count = windows
                 row["engine_busy_share"] = busy / max(wall[sys_name] * workers, 1e-9)
+                row["texts_per_window"] = texts_run / max(count, 1)
             out[sys_name]["levels"].append(row)
             p50, p99 = (row.get(k, float("nan")) for k in ("p50_ms", "p99_ms"))
             each = " ".join(f"{x:.0f}" for x in row["rounds_sentences_per_s"])
@@ -508,6 +592,13 @@ def table(rec: dict[str, Any]) -> str:
             f"call: {cut['sentences_per_s']:.1f} sentences/s vs "
             f"{cut['earlier_sentences_per_s']:.1f} at the earlier {cut['earlier_call_tokens']}"
         )
+    path = rec.get("request_path")
+    if path:
+        lines.append(
+            f"request path with the model call stubbed out (one request at a time, "
+            f"in-process): bertrec {path['bertrec_us']:.0f} us, naive "
+            f"{path['naive_us']:.0f} us per request"
+        )
     for name, a in rec["acceptance"].items():
         lines.append(f"  {'met' if a['met'] else 'NOT MET':7s} {name}: {a['value']} ({a['bar']})")
     return "\n".join(lines)
@@ -548,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling_bf16 = engine_ceiling(model_dir, mix.texts, st, precision="bf16")
         for name, row in ceiling_bf16["levels"].items():
             log(f"engine alone, bf16, {name}: {row['sentences_per_s']:.1f} sentences/s")
+    path_cost = request_path_cost(model_dir, mix.texts, st)
+    log(f"request path, model stubbed: bertrec {path_cost['bertrec_us']:.0f} us, naive "
+        f"{path_cost['naive_us']:.0f} us per request")  # fmt: skip
     logs = Path(tempfile.mkdtemp(prefix="bertrec-serve-load-"))
     servers = start_servers(model_dir, st, logs)
     try:
@@ -584,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         "offline": offline,
         "engine_ceiling": ceiling,
         "engine_ceiling_bf16": ceiling_bf16,
+        "request_path": path_cost,
         "systems": systems,
         "checks": checks,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from bench.common import percentiles
 
@@ -72,9 +73,10 @@ def get(base: str, path: str, headers: dict[str, str], timeout_s: float = 10) ->
         return bytes(r.read())
 
 
-def metric(base: str, headers: dict[str, str], name: str) -> float:
-    """One sample of a server's Prometheus ``/metrics`` (0.0 where it is absent)."""
-    return _sample(get(base, "/metrics", headers).decode(), name)
+def metrics(base: str, headers: dict[str, str], names: Sequence[str]) -> NDArray[np.float64]:
+    """Samples of a server's Prometheus ``/metrics``, one scrape (0.0 where absent)."""
+    text = get(base, "/metrics", headers).decode()
+    return np.array([_sample(text, name) for name in names], dtype=np.float64)
 
 
 class Served:
@@ -354,8 +356,9 @@ async def _closed_loop(
         result.latencies_s = latencies
 
 
-def _run(coro: Any) -> Any:
-    """``asyncio.run`` on uvloop where it is installed (the serve extra has it)."""
+def run_async(coro: Any) -> Any:
+    """``asyncio.run`` on uvloop where it is installed (the serve extra has it), as the
+    servers run."""
     try:
         import uvloop
     except ImportError:
@@ -377,8 +380,10 @@ def run_level(
     """A warm-up, then ``duration_s`` (at most ``max_requests``) of closed-loop load."""
     result = LevelResult(name, concurrency, per_request)
     if warmup_s > 0:
-        _run(_closed_loop(url, headers, bodies, per_request, concurrency, warmup_s, 10**9, None))
-    _run(
+        run_async(
+            _closed_loop(url, headers, bodies, per_request, concurrency, warmup_s, 10**9, None)
+        )
+    run_async(
         _closed_loop(
             url, headers, bodies, per_request, concurrency, duration_s, max_requests, result
         )
@@ -536,7 +541,7 @@ def soak(
         await task
         return result
 
-    result = _run(go())
+    result = run_async(go())
     samples.append((duration_s, rss_mb(served.proc.pid)))
     rss = [r for _, r in samples]
     return {
