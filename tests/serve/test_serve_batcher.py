@@ -71,12 +71,12 @@ def test_groups_of_no_rows_and_bad_lengths() -> None:
     assert [g.tolist() for g in groups] == [[0], [1, 2]]
 
 
-def _batcher(model_dir: Path, workers: int) -> Any:
+def _batcher(model_dir: Path, workers: int, **options: Any) -> Any:
     from bertrec import Encoder
     from bertrec.serve.batcher import Batcher
 
     enc = Encoder(model_dir, precision="fp32", threads=1, streams=workers)
-    return enc, Batcher(enc, workers=workers)
+    return enc, Batcher(enc, workers=workers, **options)
 
 
 def test_batcher_serves_concurrent_requests_as_encode_does(tiny_model_dir: Path) -> None:
@@ -124,11 +124,7 @@ def test_no_request_waits_forever_when_signals_race_timeouts(tiny_model_dir: Pat
     """Clients that come back at scattered moments, with a wait bound shorter than a
     window, so workers often time out as a signal arrives: every request is answered
     with its own rows, and close() stops both workers."""
-    from bertrec import Encoder
-    from bertrec.serve.batcher import Batcher
-
-    enc = Encoder(tiny_model_dir, precision="fp32", threads=1, streams=2)
-    batcher = Batcher(enc, max_wait_s=0.0005, workers=2)
+    enc, batcher = _batcher(tiny_model_dir, 2, max_wait_s=0.0005)
     rng = np.random.default_rng(0)
     pauses = rng.exponential(0.002, size=(8, 25))
 
