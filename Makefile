@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.deps-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray,langchain,llamaindex,plot,serve,cf]'
+	$(BIN)/pip install -q -e '.[gpu,export,bench,test,openvino,batch,ray,ray-serve,langchain,llamaindex,plot,serve,cf]'
 	touch $@
 
 $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
