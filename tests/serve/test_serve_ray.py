@@ -28,7 +28,9 @@ def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
 
 
 def test_ray_serve_hosts_create_app(tiny_model_dir: Path) -> None:
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bertrec[ray-serve]')")
+    ray = pytest.importorskip(
+        "ray", reason="Ray is not installed (pip install 'bertrec[ray-serve]')"
+    )
     serve = pytest.importorskip(
         "ray.serve", reason="Ray Serve is not installed (pip install 'bertrec[ray-serve]')"
     )
@@ -46,9 +48,7 @@ def test_ray_serve_hosts_create_app(tiny_model_dir: Path) -> None:
 
         # As in the README: the model loads on the replica, nothing large is pickled.
         @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})
-        @serve.ingress(
-            lambda: create_app(model_dir, workers=1, threads=1, model_name=MODEL_NAME)
-        )
+        @serve.ingress(lambda: create_app(model_dir, workers=1, threads=1, model_name=MODEL_NAME))
         class Embeddings:
             pass
 
