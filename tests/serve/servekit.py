@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(
+    url: str,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    alive: Callable[[], None] | None = None,
+) -> bool:
+    """Poll ``url``/ready until it answers 200 (True) or ``timeout_s`` passes (False);
+    ``alive`` is called before each try, to raise if the server is gone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alive is not None:
+            alive()
+        try:
+            if httpx.get(f"{url}/ready", headers=headers, timeout=2.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class ServerProcess:
     """``python -m bertrec.serve MODEL_DIR --port P ...`` with its stderr in a file."""
 
@@ -56,17 +78,12 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60.0) -> ServerProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def alive() -> None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
-            try:
-                r = httpx.get(f"{self.url}/ready", headers=self.headers, timeout=2.0)
-                if r.status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+
+        if wait_ready(self.url, timeout_s, self.headers, alive):
+            return self
         raise RuntimeError(f"server not ready after {timeout_s}s: {self.log()}")
 
     def log(self) -> str:

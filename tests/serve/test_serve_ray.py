@@ -4,27 +4,14 @@ free loopback port, answering as ``bertrec serve`` does."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from servekit import MODEL_NAME, free_port
+from servekit import MODEL_NAME, free_port, wait_ready
 
 TEXTS = ["a quiet family drama", "a space adventure with robots", "a war story at sea"]
-
-
-def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the Ray Serve deployment at {url} was not ready in {timeout_s} s")
 
 
 def test_ray_serve_hosts_create_app(tiny_model_dir: Path) -> None:
@@ -53,7 +40,7 @@ def test_ray_serve_hosts_create_app(tiny_model_dir: Path) -> None:
             pass
 
         serve.run(Embeddings.bind(), route_prefix="/")
-        _wait_ready(url)
+        assert wait_ready(url, 120.0), f"the Ray Serve deployment at {url} was not ready"
         res = httpx.post(
             f"{url}/v1/embeddings", json={"input": TEXTS, "model": MODEL_NAME}, timeout=30
         )
