@@ -9,6 +9,7 @@ converter calls; bertrec never imports either, so nothing is sent.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from bertrec.core import cache_dir, check_int
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
 from .cpu import cpu_features, onednn_allows_bf16, onednn_cap
+from .forking import renew_after_fork
 from .manifest import Manifest, check_against_model, verify_variant
 
 log = logging.getLogger("bertrec.runtime")
@@ -48,6 +50,15 @@ def _core() -> Any:
     import openvino as ov
 
     return ov.Core()
+
+
+# The process that compiled a model here first. Compiling starts the CPU plugin's own
+# threads, which a process forked from that one lacks: a compile there waits forever.
+_compiled_in_pid: int | None = None
+
+
+def _forked_after_compile() -> bool:
+    return _compiled_in_pid is not None and _compiled_in_pid != os.getpid()
 
 
 def set_shape_cache(capacity: int) -> None:
@@ -123,6 +134,13 @@ class OpenVinoRunner:
         self.providers = ["OpenVINO CPU"]
         self.io_binding = True  # outputs go to preallocated per-thread tensors
         self.dim = manifest.dim
+        if _forked_after_compile():
+            raise ProviderError(
+                f"OpenVINO compiled a model in process {_compiled_in_pid}, which then forked "
+                f"this one ({os.getpid()}); a compile here would wait forever for threads that "
+                "stayed there. Make the Encoder before forking, start processes with "
+                "multiprocessing's 'spawn' or 'forkserver' method, or use backend='onnxruntime'"
+            )
         core = _core()
         # Compiled blobs are cached per model file, so the second start skips compilation.
         cache = cache_dir("openvino", variant.sha256[:16])
@@ -173,9 +191,23 @@ class OpenVinoRunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._streams: Any = None  # THROUGHPUT-mode model, compiled on first run_many
+        # In a forked child (``_after_fork``): the parent's streams run threads that the
+        # child lacks, so every call there runs on a one-stream (LATENCY) model.
+        self._forked = False
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (``forking``): a new lock, in case a thread of the parent held
+        it (making its first infer request) at the fork, and no more streams. Measured on
+        OpenVINO 2026.4: an infer request of a THROUGHPUT-mode model, sync or async, waits
+        forever in the child; a LATENCY-mode model's runs."""
+        self._lock = threading.Lock()
+        self._forked = True
 
     def _compile(self, hint: str, total: int | None = None, **extra: Any) -> Any:
+        global _compiled_in_pid
         core = _core()
+        _compiled_in_pid = _compiled_in_pid or os.getpid()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": total or self.threads,
@@ -204,7 +236,7 @@ class OpenVinoRunner:
         out = local.buffer[:n]
         # A call made while no other runs (``alone``) takes every thread (the one-stream
         # model); concurrent calls get a stream each.
-        req = local.whole if alone else local.request
+        req = local.whole if alone or self._forked else local.request
         req.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
         req.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
         return out
@@ -225,7 +257,7 @@ class OpenVinoRunner:
         """
         import openvino as ov
 
-        if self.threads < 2:
+        if self.threads < 2 or self._forked:
             for rows, feeds in batches:
                 out[rows] = self.run(feeds)
             return

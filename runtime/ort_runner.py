@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -27,6 +26,7 @@ from bertrec.core import atomic_write_json, cache_dir, sha256_file
 from bertrec.errors import ConfigError, FileFormatError, ProviderError
 
 from .cpu import cpu_features
+from .forking import renew_after_fork
 from .manifest import PRECISIONS, Manifest, Variant, check_against_model, verify_variant
 from .providers import CPU, CUDA, cuda_usable
 
@@ -40,24 +40,6 @@ SESSION_CACHE = "onnxruntime"
 CACHED_PRECISIONS = ("int8",)
 OPTIMIZED_NAME = "model.optimized.onnx"
 META_NAME = "meta.json"
-
-# Every live runner, so that a forked child can reset their threading state (below).
-_RUNNERS: weakref.WeakSet[OrtRunner] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """A process forked (multiprocessing's default on Linux) starts with one thread: the
-    parent's side-by-side pool threads are gone, where a submitted batch would wait
-    forever, and a lock another thread of the parent held at the fork stays held, where
-    the first side-by-side call would wait forever too. Each runner gets a new lock and
-    makes its pool again on first use (``_side_by_side_pool``)."""
-    for runner in list(_RUNNERS):
-        runner._lock = threading.Lock()
-        runner._side_by_side = None
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pick_variant(manifest: Manifest, model_dir: Path, precision: str, preferred: str) -> str:
@@ -155,7 +137,7 @@ class OrtRunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._side_by_side: tuple[ort.InferenceSession, ThreadPoolExecutor] | None = None
-        _RUNNERS.add(self)
+        renew_after_fork(self)
         self.startup = {"verify_s": t1 - t0, "session_s": time.perf_counter() - t1}
 
     def _options(self, threads: int | None = None) -> ort.SessionOptions:
@@ -285,9 +267,15 @@ class OrtRunner:
         for job in running:
             job.result()
 
+    def _after_fork(self) -> None:
+        """In a forked child (``forking``): a new lock, and the side-by-side pool, whose
+        threads stayed in the parent, made again on first use."""
+        self._lock = threading.Lock()
+        self._side_by_side = None
+
     def _side_by_side_pool(self) -> tuple[ort.InferenceSession, ThreadPoolExecutor]:
         """The one-thread session and its pool, made on first use (and again in a forked
-        child: ``_after_fork_in_child``)."""
+        child: ``_after_fork``)."""
         with self._lock:
             if self._side_by_side is None:
                 pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bertrec-ort")

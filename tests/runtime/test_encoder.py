@@ -311,6 +311,58 @@ def test_fork_while_another_thread_holds_the_runner_lock(tiny_model_dir: Path) -
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_fork_while_another_thread_holds_the_openvino_lock(tiny_model_dir: Path) -> None:
+    """The same with OpenVINO, whose runner takes its lock to make a thread's first infer
+    request: a child forked while another thread holds it makes its own requests instead
+    of waiting forever (and runs the batches that the parent would run on its streams
+    model one after another: that model's threads stayed in the parent)."""
+    pytest.importorskip("openvino")
+    want = make(tiny_model_dir, "openvino", threads=2).encode(FORK_TEXTS)
+    enc = make(tiny_model_dir, "openvino", threads=2)  # no request yet: the child makes one
+    got = _encode_in_forked_child(enc, FORK_TEXTS, held=enc._runner._lock)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_openvino_encoder_with_streams_works_in_a_forked_child(tiny_model_dir: Path) -> None:
+    """An OpenVINO Encoder compiled for concurrent callers (streams: a server's), used,
+    then forked: in the child its calls run on the one-stream model instead of waiting
+    forever for the streams' threads, which stayed in the parent."""
+    pytest.importorskip("openvino")
+    enc = make(tiny_model_dir, "openvino", threads=1, streams=2)
+    want = enc.encode(FORK_TEXTS)
+    np.testing.assert_allclose(_encode_in_forked_child(enc, FORK_TEXTS), want, atol=1e-5)
+
+
+def _make_in_child(model_dir: Path, queue: Any) -> None:
+    try:
+        make(model_dir, "openvino")
+        queue.put("made")
+    except Exception as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_new_openvino_encoder_in_a_forked_child_is_refused(tiny_model_dir: Path) -> None:
+    """OpenVINO cannot compile in a child forked from a process that compiled (it would
+    wait forever): a new Encoder there gets an error naming the ways out instead."""
+    import multiprocessing
+
+    pytest.importorskip("openvino")
+    make(tiny_model_dir, "openvino").encode(TEXTS)  # this process has compiled
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_make_in_child, args=(tiny_model_dir, queue))
+    child.start()
+    try:
+        said = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert said.startswith("ProviderError: OpenVINO compiled a model in process"), said
+    assert "'spawn'" in said and "backend='onnxruntime'" in said
+    assert child.exitcode == 0
+
+
 def test_default_budget_follows_side_by_side(tiny_model_dir: Path, backend: str) -> None:
     """ONNX Runtime with two threads or more on a CPU runs batches side by side and plans
     smaller ones by default; one thread, OpenVINO, or a budget given keep theirs."""
