@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, fmt, latest_record, machine_line, md_table
@@ -681,6 +682,20 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         "",
         "Acceptance: " + "; ".join(verdicts + others) + ".",
     ]
+    from bench.serve_load import vs_naive_by_round  # imports the load generator (aiohttp)
+
+    naive = rec.get("acceptance", {}).get("vs_naive", {}).get("value", {})
+    paired = [
+        f"{name} {fmt(naive.get(name), '.2f')} (by round "
+        f"{', '.join(fmt(x, '.2f') for x in ratios)}; median {fmt(median(ratios), '.2f')})"
+        for name, ratios in vs_naive_by_round(rec).items()
+    ]
+    if paired:
+        lines += [
+            "",
+            "bertrec over the naive server, the ratio of the medians (the acceptance line) "
+            "and each round's pair, run back to back: " + "; ".join(paired) + ".",
+        ]
     c32 = level("bertrec", "1 text, c=32")
     if "machine_idle_share" in c32:
         cores = rec.get("machine", {}).get("cores_logical") or "the"

@@ -521,6 +521,20 @@ def acceptance(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def vs_naive_by_round(rec: dict[str, Any]) -> dict[str, list[float]]:
+    """Each level's bertrec sentences/s over the naive server's, round by round (the two
+    ran back to back within a round, so load from elsewhere on the machine falls on both
+    alike). Not an acceptance line, which compares the medians of the rounds: it shows how
+    far apart the two servers' rounds are against how far each one's rounds spread."""
+    out = {}
+    for name, _, _ in LEVELS:
+        mine = _level(rec, "bertrec", name).get("rounds_sentences_per_s", [])
+        theirs = _level(rec, "naive", name).get("rounds_sentences_per_s", [])
+        if mine and len(mine) == len(theirs):
+            out[name] = [a / b if b else float("nan") for a, b in zip(mine, theirs, strict=True)]
+    return out
+
+
 def plot_serve(rec: dict[str, Any], plots: Path) -> list[Path]:
     """Sentences/s and p99 latency by load level, one bar per server."""
     import matplotlib.pyplot as plt
@@ -599,6 +613,9 @@ def table(rec: dict[str, Any]) -> str:
             f"in-process): bertrec {path['bertrec_us']:.0f} us, naive "
             f"{path['naive_us']:.0f} us per request"
         )
+    for name, ratios in vs_naive_by_round(rec).items():
+        each = " ".join(f"{x:.2f}" for x in ratios)
+        lines.append(f"vs naive by round, {name}: {each} (median {np.median(ratios):.2f})")
     for name, a in rec["acceptance"].items():
         lines.append(f"  {'met' if a['met'] else 'NOT MET':7s} {name}: {a['value']} ({a['bar']})")
     return "\n".join(lines)
