@@ -257,18 +257,18 @@ def test_onnxruntime_runs_batches_side_by_side(tiny_model_dir: Path) -> None:
     np.testing.assert_allclose(two.encode(texts), want, atol=1e-5)
 
 
-def _encode_in_child(encoder: bertrec.Encoder, texts: list[str], queue: Any) -> None:
-    queue.put(encoder.encode(texts))
+def _put_result(fn: Any, args: tuple[Any, ...], queue: Any) -> None:
+    queue.put(fn(*args))
 
 
-def _encode_in_forked_child(encoder: bertrec.Encoder, texts: list[str], held: Any = None) -> Any:
-    """``encoder.encode(texts)`` in a child forked while ``held`` is entered (a lock some
-    thread of the parent holds at the fork); fails if the child hangs or dies."""
+def _in_forked_child(fn: Any, *args: Any, held: Any = None) -> Any:
+    """``fn(*args)`` in a child forked while ``held`` is entered (a lock some thread of
+    the parent holds at the fork); fails if the child hangs or dies."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_encode_in_child, args=(encoder, texts, queue))
+    child = ctx.Process(target=_put_result, args=(fn, args, queue))
     with held if held is not None else contextlib.nullcontext():
         child.start()
     try:
@@ -279,6 +279,10 @@ def _encode_in_forked_child(encoder: bertrec.Encoder, texts: list[str], held: An
             child.kill()
     assert child.exitcode == 0
     return got
+
+
+def _encode_in_forked_child(encoder: bertrec.Encoder, texts: list[str], held: Any = None) -> Any:
+    return _in_forked_child(encoder.encode, texts, held=held)
 
 
 def _side_by_side_encoder(model_dir: Path) -> bertrec.Encoder:
@@ -333,34 +337,22 @@ def test_openvino_encoder_with_streams_works_in_a_forked_child(tiny_model_dir: P
     np.testing.assert_allclose(_encode_in_forked_child(enc, FORK_TEXTS), want, atol=1e-5)
 
 
-def _make_in_child(model_dir: Path, queue: Any) -> None:
+def _error_making_openvino_encoder(model_dir: Path) -> str:
     try:
         make(model_dir, "openvino")
-        queue.put("made")
     except Exception as exc:
-        queue.put(f"{type(exc).__name__}: {exc}")
+        return f"{type(exc).__name__}: {exc}"
+    return "made"
 
 
 def test_new_openvino_encoder_in_a_forked_child_is_refused(tiny_model_dir: Path) -> None:
     """OpenVINO cannot compile in a child forked from a process that compiled (it would
     wait forever): a new Encoder there gets an error naming the ways out instead."""
-    import multiprocessing
-
     pytest.importorskip("openvino")
     make(tiny_model_dir, "openvino").encode(TEXTS)  # this process has compiled
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_make_in_child, args=(tiny_model_dir, queue))
-    child.start()
-    try:
-        said = queue.get(timeout=60)
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
+    said = _in_forked_child(_error_making_openvino_encoder, tiny_model_dir)
     assert said.startswith("ProviderError: OpenVINO compiled a model in process"), said
     assert "'spawn'" in said and "backend='onnxruntime'" in said
-    assert child.exitcode == 0
 
 
 def test_default_budget_follows_side_by_side(tiny_model_dir: Path, backend: str) -> None:
