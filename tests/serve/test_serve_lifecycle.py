@@ -5,6 +5,7 @@ setting exits non-zero with one line."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from servekit import KEY_ENV, ServerProcess
+from servekit import KEY_ENV, ServerProcess, free_port, wait_ready
 
 from bertrec import Encoder
 from bertrec.errors import ConfigError, ProviderError
@@ -101,6 +102,71 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         timeout=60,
         env=env,
     )
+
+
+def _openvino() -> bool:
+    from bertrec.runtime.openvino_runner import openvino_importable
+
+    return openvino_importable()
+
+
+# gunicorn --preload's way, in a fresh interpreter (a fork of pytest's own process, with
+# whatever threads earlier tests left running, can hang in the child for reasons of its
+# own): the app (and its model) made in a parent, served by a forked child.
+PRELOAD_THEN_FORK = """
+import multiprocessing, signal, sys
+import uvicorn
+from bertrec.serve import create_app
+
+app = create_app(sys.argv[1], backend=sys.argv[2], precision="fp32")
+child = multiprocessing.get_context("fork").Process(
+    target=uvicorn.run, args=(app,), kwargs={"port": int(sys.argv[3]), "log_level": "warning"}
+)
+child.start()
+print(child.pid, flush=True)
+child.join()
+# uvicorn.run raises the signal it caught again once it has shut down.
+sys.exit(0 if child.exitcode in (0, -signal.SIGTERM) else 1)
+"""
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "onnxruntime",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed"),
+        ),
+    ],
+)
+def test_app_made_before_a_fork_serves_in_the_child(tiny_model_dir: Path, backend: str) -> None:
+    """``create_app`` (which loads the model) in a parent, the server in a forked child:
+    the child warms up, answers as ``Encoder.encode`` does and stops on SIGTERM
+    (OpenVINO's streams model waited forever there)."""
+    port = free_port()
+    cmd = [sys.executable, "-c", PRELOAD_THEN_FORK, str(tiny_model_dir), backend, str(port)]
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    texts = _texts(12, seed=5)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert wait_ready(url, 60), "the forked server never became ready"
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=30)
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+        want = Encoder(tiny_model_dir, backend=backend, precision="fp32").encode(texts)
+        assert (np.sum(got * want, axis=1) >= 0.99999).all()
+        os.kill(child, signal.SIGTERM)
+        assert parent.wait(30) == 0, "the forked server did not stop on SIGTERM"
+    finally:
+        if parent.poll() is None:
+            if child:
+                os.kill(child, signal.SIGKILL)
+            parent.kill()
+            parent.wait()
 
 
 def test_bad_model_dir_exits_non_zero_with_one_line(tmp_path: Path) -> None:
