@@ -110,9 +110,9 @@ def _openvino() -> bool:
     return openvino_importable()
 
 
-# gunicorn --preload's way, in a fresh interpreter (a fork of pytest's own process, with
-# whatever threads earlier tests left running, can hang in the child for reasons of its
-# own): the app (and its model) made in a parent, served by a forked child.
+# gunicorn --preload's way: the app (and its model) made in a parent, served by a forked
+# child. In a fresh interpreter: forked from pytest's own process, whose earlier tests left
+# threads running, the child hung in uvloop.new_event_loop() on a lock held at the fork.
 PRELOAD_THEN_FORK = """
 import multiprocessing, signal, sys
 import uvicorn
