@@ -53,7 +53,8 @@ def _core() -> Any:
 
 
 # The process that compiled a model here first. Compiling starts the CPU plugin's own
-# threads, which a process forked from that one lacks: a compile there waits forever.
+# threads, which a process forked from that one lacks: a compile there waits forever, and
+# so does a run on a multi-stream model compiled before the fork (``run``).
 _compiled_in_pid: int | None = None
 
 
@@ -191,18 +192,12 @@ class OpenVinoRunner:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._streams: Any = None  # THROUGHPUT-mode model, compiled on first run_many
-        # In a forked child (``_after_fork``): the parent's streams run threads that the
-        # child lacks, so every call there runs on a one-stream (LATENCY) model.
-        self._forked = False
         renew_after_fork(self)
 
     def _after_fork(self) -> None:
         """In a forked child (``forking``): a new lock, in case a thread of the parent held
-        it (making its first infer request) at the fork, and no more streams. Measured on
-        OpenVINO 2026.4: an infer request of a THROUGHPUT-mode model, sync or async, waits
-        forever in the child; a LATENCY-mode model's runs."""
+        it (making its first infer request) at the fork."""
         self._lock = threading.Lock()
-        self._forked = True
 
     def _compile(self, hint: str, total: int | None = None, **extra: Any) -> Any:
         global _compiled_in_pid
@@ -235,8 +230,11 @@ class OpenVinoRunner:
             local.buffer = np.empty((max(n, 2 * len(local.buffer)), self.dim), dtype=np.float32)
         out = local.buffer[:n]
         # A call made while no other runs (``alone``) takes every thread (the one-stream
-        # model); concurrent calls get a stream each.
-        req = local.whole if alone or self._forked else local.request
+        # model); concurrent calls get a stream each. In a child forked after the compile
+        # every call runs on the one-stream model: measured on OpenVINO 2026.4, an infer
+        # request of a THROUGHPUT-mode model, sync or async, waits forever there for the
+        # streams' threads, which stayed in the parent; a LATENCY-mode model's runs.
+        req = local.whole if alone or _forked_after_compile() else local.request
         req.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
         req.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
         return out
@@ -257,7 +255,7 @@ class OpenVinoRunner:
         """
         import openvino as ov
 
-        if self.threads < 2 or self._forked:
+        if self.threads < 2 or _forked_after_compile():  # no streams there (``run``)
             for rows, feeds in batches:
                 out[rows] = self.run(feeds)
             return
