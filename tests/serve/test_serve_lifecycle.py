@@ -19,6 +19,7 @@ from servekit import KEY_ENV, ServerProcess, free_port, wait_ready
 
 from bertrec import Encoder
 from bertrec.errors import ConfigError, ProviderError
+from bertrec.runtime.openvino_runner import openvino_importable
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "robots"]
 
@@ -104,12 +105,6 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
-def _openvino() -> bool:
-    from bertrec.runtime.openvino_runner import openvino_importable
-
-    return openvino_importable()
-
-
 # gunicorn --preload's way: the app (and its model) made in a parent, served by a forked
 # child. In a fresh interpreter: forked from pytest's own process, whose earlier tests left
 # threads running, the child hung in uvloop.new_event_loop() on a lock held at the fork.
@@ -136,7 +131,9 @@ sys.exit(0 if child.exitcode in (0, -signal.SIGTERM) else 1)
         "onnxruntime",
         pytest.param(
             "openvino",
-            marks=pytest.mark.skipif(not _openvino(), reason="bertrec[openvino] not installed"),
+            marks=pytest.mark.skipif(
+                not openvino_importable(), reason="bertrec[openvino] not installed"
+            ),
         ),
     ],
 )
