@@ -150,6 +150,55 @@ def test_no_request_waits_forever_when_signals_race_timeouts(tiny_model_dir: Pat
     assert not any(t.is_alive() for t in batcher._threads)
 
 
+def _queue_texts(batcher: Any, loop: asyncio.AbstractEventLoop, n: int, tokens: int) -> None:
+    """``n`` one-text requests of ``tokens`` estimated tokens each, queued as ``embed``
+    queues them (without a running loop or worker)."""
+    from bertrec.serve.batcher import _Job
+
+    for i in range(n):
+        lengths = np.array([tokens], dtype=np.int64)
+        job = _Job([f"text {i}"], lengths, batcher.encoder.manifest.dim, loop.create_future())
+        with batcher._lock:
+            batcher._queue.append((job, 0))
+            batcher._waiting += 1
+            batcher._queued_tokens += tokens
+
+
+def _cut(batcher: Any) -> list[Any]:
+    with batcher._lock:
+        return batcher._cut()  # type: ignore[no-any-return]
+
+
+def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir: Path) -> None:
+    """Beside a short window running, a freed worker takes half of all the work in the
+    server (queued and running), not every request queued: 2 one-text requests run and
+    28 wait, so it takes 15 and leaves 13 for the next worker to free. Once both windows
+    have run, nothing counts as running; a lone worker takes the whole queue."""
+    enc, batcher = _batcher(tiny_model_dir, 2)
+    loop = asyncio.new_event_loop()
+    try:
+        _queue_texts(batcher, loop, 4, 10)
+        short = _cut(batcher)  # both workers free: half the queue each
+        assert len(short) == 2
+        _queue_texts(batcher, loop, 26, 10)
+        assert batcher.queued == 28
+        window = _cut(batcher)
+        assert len(window) == 15  # ceil((280 queued + 20 running tokens) / 2 workers)
+        assert batcher.queued == 13
+        batcher._run(short)
+        batcher._run(window)
+        assert batcher._busy == 0 and batcher._running_tokens == 0
+        answered = [job for job, _, _ in short + window]
+        for job in answered:
+            np.testing.assert_allclose(job.out, enc.encode(job.texts), atol=1e-5)
+
+        _, alone = _batcher(tiny_model_dir, 1)
+        _queue_texts(alone, loop, 30, 10)
+        assert len(_cut(alone)) == 30
+    finally:
+        loop.close()
+
+
 def test_a_call_costs_more_tokens_on_cuda() -> None:
     from bertrec.serve.batcher import call_tokens
 
