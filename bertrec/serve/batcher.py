@@ -119,10 +119,11 @@ class Batcher:
     and the other, soon free, took the few that came back meanwhile: under closed-loop
     load the windows split into a long one and a run of short ones, whose clients went
     round faster than the long one's. With it, in one-off paired runs of two servers
-    (2 cores, 16 interleaved rounds; not a bench/ script), p99 fell in 15 of 16 rounds
-    at concurrency 32 (114 against 158 ms, medians) and at 8 (46 against 55 ms), with
-    throughput 1.02x and 1.03x; 64-text requests at concurrency 4 and single texts at
-    128 ran 0.99x and 0.98x (10 rounds, within the noise).
+    (2 cores, interleaved rounds; not a bench/ script), p99 fell in 15 of 16 rounds at
+    concurrency 32 (114 against 158 ms, medians) and at 8 (46 against 55 ms), and at 32
+    was 107 against 134 ms over 20 more rounds against the code before it. Throughput
+    did not move: 1.02x, 1.03x and 1.00x (the 20 rounds); 64-text requests at
+    concurrency 4 and single texts at 128, 0.99x and 0.98x (10 rounds), within the noise.
 
     A window is cut into batches of similar lengths (``length_groups``): a few dozen texts
     of mixed lengths padded as one batch would spend most of their time on padding.
