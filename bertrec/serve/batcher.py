@@ -385,13 +385,12 @@ class Batcher:
         """Up to ``window_tokens`` tokens (as estimated on arrival) off the front of the
         queue (at least one text), and no more than this worker's share of the queue while
         others are free, so they all get work; a request that does not fit is split and
-        its rest stays first in line."""
+        its rest stays first in line. No further request joins once the window holds
+        this worker's share of the work queued and running (the class docstring)."""
         window: list[tuple[_Job, int, int]] = []
         used = 0
         free = self.workers - self._busy
         limit = min(self.window_tokens, -(-self._queued_tokens // free))
-        # No request joins once the window holds this worker's share of all the work in
-        # the server, running and queued (see the class docstring).
         share = -(-(self._queued_tokens + self._running_tokens) // self.workers)
         while self._queue:
             job, start = self._queue[0]
