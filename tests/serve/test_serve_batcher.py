@@ -150,18 +150,14 @@ def test_no_request_waits_forever_when_signals_race_timeouts(tiny_model_dir: Pat
     assert not any(t.is_alive() for t in batcher._threads)
 
 
-def _queue_texts(batcher: Any, loop: asyncio.AbstractEventLoop, n: int, tokens: int) -> None:
-    """``n`` one-text requests of ``tokens`` estimated tokens each, queued as ``embed``
-    queues them (without a running loop or worker)."""
-    from bertrec.serve.batcher import _Job
-
-    for i in range(n):
-        lengths = np.array([tokens], dtype=np.int64)
-        job = _Job([f"text {i}"], lengths, batcher.encoder.manifest.dim, loop.create_future())
-        with batcher._lock:
-            batcher._queue.append((job, 0))
-            batcher._waiting += 1
-            batcher._queued_tokens += tokens
+def _queue_texts(batcher: Any, loop: asyncio.AbstractEventLoop, first: int, n: int) -> list[Any]:
+    """``n`` one-text requests through ``embed``, each text estimated at 10 tokens (32
+    characters), left queued: no worker runs. Their tasks, to await once run."""
+    batcher._loop = loop
+    texts = [f"request {i:03d} ".ljust(32, "x") for i in range(first, first + n)]
+    tasks = [loop.create_task(batcher.embed([t])) for t in texts]
+    loop.run_until_complete(asyncio.sleep(0))  # each task queues its text and waits
+    return tasks
 
 
 def _cut(batcher: Any) -> list[Any]:
@@ -177,10 +173,10 @@ def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir
     enc, batcher = _batcher(tiny_model_dir, 2)
     loop = asyncio.new_event_loop()
     try:
-        _queue_texts(batcher, loop, 4, 10)
+        tasks = _queue_texts(batcher, loop, 0, 4)
         short = _cut(batcher)  # both workers free: half the queue each
         assert len(short) == 2
-        _queue_texts(batcher, loop, 26, 10)
+        tasks += _queue_texts(batcher, loop, 4, 26)
         assert batcher.queued == 28
         window = _cut(batcher)
         assert len(window) == 15  # ceil((280 queued + 20 running tokens) / 2 workers)
@@ -191,10 +187,16 @@ def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir
         answered = [job for job, _, _ in short + window]
         for job in answered:
             np.testing.assert_allclose(job.out, enc.encode(job.texts), atol=1e-5)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
         _, alone = _batcher(tiny_model_dir, 1)
-        _queue_texts(alone, loop, 30, 10)
+        tasks = _queue_texts(alone, loop, 0, 30)
         assert len(_cut(alone)) == 30
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     finally:
         loop.close()
 
