@@ -723,7 +723,24 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
         served = level("bertrec", "1 text, c=32").get("sentences_per_s")
         offline = rec.get("offline", {}).get("sentences_per_s")
         split = ""
-        if head and served and offline:
+        at = rec.get("engine_at_served_windows")
+        inter = rec.get("offline", {}).get("interleaved", {}).get("sentences_per_s")
+        if at and head and served and inter and offline:
+            split = (
+                f" At c=32 these windows of {ceiling['levels']['1 text, c=32']['window_texts']} "
+                f"texts alone reach {head / offline:.2f}x offline `encode` (which sorts all its "
+                "texts by length into full batches), but the server's held "
+                f"{at['served_texts_per_window']:.1f}: while two windows run, the clients of a "
+                "third are answered and come back. The engine alone on windows of "
+                f"{at['window_texts']} (each tokenized and cut as a worker does, no HTTP), "
+                "each run right after an offline pass, reached "
+                f"{at['ratio']:.2f}x offline (by round "
+                + ", ".join(f"{x:.2f}" for x in at["ratio_by_round"])
+                + f"); served at {served / inter:.2f}x offline, the server keeps "
+                f"{served / inter / at['ratio']:.2f}x of what its windows allow (the HTTP "
+                "side and the scheduling)."
+            )
+        elif head and served and offline:
             split = (
                 f" At c=32 the windows alone reach {head / offline:.2f}x offline `encode` "
                 "(which sorts all its texts by length into full batches) and the HTTP side "

@@ -17,9 +17,10 @@ every other round; a level's figure is the median of its rounds):
 References: offline ``Encoder.encode`` throughput on the same texts (run again before
 each round of the headline level, c=32, whose ratio compares the two medians), a bare
 ``encode([text])`` loop, and the server's engine alone (``engine_ceiling``: its windows at
-each concurrency, no HTTP), which splits the distance to offline into the windows' share
-and the HTTP side's. Then, on bertrec only: served vectors against ``Encoder.encode``,
-bad requests, a soak (RSS and errors), and SIGTERM under load.
+each concurrency, no HTTP; and after the load, ``engine_at_served_windows``: windows of the
+size the server formed at c=32, beside offline passes), which splits the distance to
+offline into the windows' share and the HTTP side's. Then, on bertrec only: served vectors
+against ``Encoder.encode``, bad requests, a soak (RSS and errors), and SIGTERM under load.
 
     python -m bench.serve_load            # ~17 minutes on 2 cores; record in bench/results/
     python -m bench.serve_load --quick    # CI smoke, < 1 minute, no infinity, no soak
@@ -166,39 +167,41 @@ def run_windows(
             enc.encode_tokens([encodings[i] for i in w[rows]])
 
 
-def engine_ceiling(
-    model_dir: Path, texts: list[str], st: Settings, precision: str = "auto"
-) -> dict[str, Any]:
-    """What the server's engine does with no HTTP in front of it: for each single-text
-    level of concurrency ``c``, windows of ``c / workers`` texts (what each inference
-    worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
-    threads on the Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
-    gap between this and the served figure is the HTTP side's; the gap between this and
-    offline ``encode`` is small windows' (fewer texts to sort by length, smaller GEMMs).
-    At c=32 the windows are also cut with ``EARLIER_CALL_COST_SHARE``, interleaved."""
+def tokenize_and_run_windows(enc: Any, texts: list[str], windows: list[Any], call: int) -> None:
+    """``run_windows`` with each window tokenized first, as the worker does."""
+    from bertrec.serve.batcher import length_groups
+
+    for w in windows:
+        encodings = enc.tokenize([texts[i] for i in w])
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        for rows in length_groups(lengths, enc.max_batch_tokens, call):
+            enc.encode_tokens([encodings[i] for i in rows])
+
+
+def _engine(
+    model_dir: Path, texts: list[str], precision: str = "auto", tokenize: bool = False
+) -> tuple[Any, int, Callable[[list[Any], int], float]]:
+    """The Encoder ``bertrec serve`` builds (its ``parallelism`` defaults), its workers, and
+    a timer: sentences/s of ``workers`` threads running windows of the texts, each window
+    cut by ``length_groups`` at ``call`` tokens per batch call, as the workers do; with
+    ``tokenize``, each window is tokenized in the timed run too, else all are beforehand."""
     import threading
 
     from bertrec import Encoder
     from bertrec.serve.app import parallelism
-    from bertrec.serve.batcher import call_tokens
 
     threads, workers = parallelism("cpu", None, None)
     enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
-    call = call_tokens(enc.device, enc.max_batch_tokens)
-    out: dict[str, Any] = {
-        "threads": threads,
-        "workers": workers,
-        "precision": enc.precision,
-        "backend": enc.backend,
-        "levels": {},
-    }
 
     def timed(windows: list[Any], call: int) -> float:
-        """Sentences/s of ``workers`` threads running the windows, cut at ``call``."""
         pool = [
             threading.Thread(
+                target=tokenize_and_run_windows, args=(enc, texts, windows[k::workers], call)
+            )
+            if tokenize
+            else threading.Thread(
                 target=run_windows, args=(enc, encodings, lengths, windows[k::workers], call)
             )
             for k in range(workers)
@@ -210,6 +213,31 @@ def engine_ceiling(
             t.join()
         return len(texts) / (time.perf_counter() - t0)
 
+    return enc, workers, timed
+
+
+def engine_ceiling(
+    model_dir: Path, texts: list[str], st: Settings, precision: str = "auto"
+) -> dict[str, Any]:
+    """What the server's engine does with no HTTP in front of it: for each single-text
+    level of concurrency ``c``, windows of ``c / workers`` texts (what each inference
+    worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
+    threads on the Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
+    gap between this and offline ``encode`` is small windows' (fewer texts to sort by
+    length, smaller GEMMs); ``engine_at_served_windows`` measures the windows the server
+    really formed. At c=32 the windows are also cut with ``EARLIER_CALL_COST_SHARE``,
+    interleaved."""
+    from bertrec.serve.batcher import call_tokens
+
+    enc, workers, timed = _engine(model_dir, texts, precision)
+    call = call_tokens(enc.device, enc.max_batch_tokens)
+    out: dict[str, Any] = {
+        "threads": enc.threads,
+        "workers": workers,
+        "precision": enc.precision,
+        "backend": enc.backend,
+        "levels": {},
+    }
     earlier = max(1, int(enc.max_batch_tokens * EARLIER_CALL_COST_SHARE))
     for name, conc, per in LEVELS:
         if per != 1:
@@ -234,6 +262,44 @@ def engine_ceiling(
                 "earlier_sentences_per_s": max(runs_earlier),
             }
     return out
+
+
+def engine_at_served_windows(
+    model_dir: Path,
+    texts: list[str],
+    st: Settings,
+    texts_per_window: float,
+    offline: Callable[[], float],
+) -> dict[str, Any]:
+    """The engine alone on windows of the size the server formed at the headline level
+    (its metrics' texts per window, rounded), each window tokenized and run as a worker
+    does, each run right after an ``offline`` pass, so that their ratio holds whatever the
+    machine does meanwhile. Under closed-loop load the windows are smaller than
+    ``c / workers``: while two run, the clients of a third are answered and come back.
+    Served over offline divided by this ratio is the share of what its windows allow that
+    the server keeps: the HTTP side's cost, and the scheduling's."""
+    from bertrec.serve.batcher import call_tokens
+
+    enc, workers, timed = _engine(model_dir, texts, tokenize=True)
+    size = max(1, round(texts_per_window))
+    windows = windows_of(len(texts), size)
+    call = call_tokens(enc.device, enc.max_batch_tokens)
+    timed(windows, call)  # warm-up: every shape once
+    engine, offline_runs = [], []
+    for _ in range(max(st.offline_repeats, 3)):
+        offline_runs.append(offline())
+        engine.append(timed(windows, call))
+    ratios = [e / o for e, o in zip(engine, offline_runs, strict=True)]
+    return {
+        "level": HEADLINE,
+        "served_texts_per_window": texts_per_window,
+        "window_texts": size,
+        "workers": workers,
+        "sentences_per_s": float(np.median(engine)),
+        "offline_sentences_per_s": float(np.median(offline_runs)),
+        "ratio_by_round": ratios,
+        "ratio": float(np.median(ratios)),
+    }
 
 
 class _ZeroModel:
@@ -599,6 +665,16 @@ def table(rec: dict[str, Any]) -> str:
             f"({row['sentences_per_s'] / off['sentences_per_s']:.2f}x offline); served "
             f"{served / row['sentences_per_s']:.2f}x of it"
         )
+    at = rec.get("engine_at_served_windows")
+    if at:
+        served = _level(rec, "bertrec", at["level"]).get("sentences_per_s", float("nan"))
+        inter = off.get("interleaved", {}).get("sentences_per_s", off["sentences_per_s"])
+        lines.append(
+            f"engine alone on the served windows of {at['level']} ({at['window_texts']} texts, "
+            f"served {at['served_texts_per_window']:.1f}): {at['ratio']:.2f}x offline run "
+            f"beside it; served {served / inter:.2f}x offline, {served / inter / at['ratio']:.2f}x "
+            "of what its windows allow"
+        )
     cut = rec.get("engine_ceiling", {}).get("earlier_call_cost")
     if cut:
         lines.append(
@@ -687,6 +763,14 @@ def main(argv: list[str] | None = None) -> int:
         for served in servers.values():
             if isinstance(served, loadgen.Served):
                 served.stop()
+    held = _level({"systems": systems}, "bertrec", HEADLINE).get("texts_per_window")
+    at_served = None
+    if held:
+        at_served = engine_at_served_windows(
+            model_dir, mix.texts, st, held, lambda: offline_pass(offline_encoder, mix.texts)
+        )
+        log(f"engine alone on the served windows of {HEADLINE} ({at_served['window_texts']} "
+            f"texts): {at_served['ratio']:.2f}x offline")  # fmt: skip
     rec: dict[str, Any] = {
         "settings": {**asdict(st), "levels": LEVELS, "model": MODEL_NAME},
         "machine": machine,
@@ -695,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         "offline": offline,
         "engine_ceiling": ceiling,
         "engine_ceiling_bf16": ceiling_bf16,
+        "engine_at_served_windows": at_served,
         "request_path": path_cost,
         "systems": systems,
         "checks": checks,
