@@ -729,9 +729,9 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
             split = (
                 f" At c=32 these windows of {ceiling['levels']['1 text, c=32']['window_texts']} "
                 f"texts alone reach {head / offline:.2f}x offline `encode` (which sorts all its "
-                "texts by length into full batches), but the server's held "
-                f"{at['served_texts_per_window']:.1f}: while two windows run, the clients of a "
-                "third are answered and come back. The engine alone on windows of "
+                "texts by length into full batches), but the server's windows held "
+                f"{at['served_texts_per_window']:.1f} texts on average: while two run, the "
+                "clients of a third are answered and come back. The engine alone on windows of "
                 f"{at['window_texts']} (each tokenized and cut as a worker does, no HTTP), "
                 "each run right after an offline pass, reached "
                 f"{at['ratio']:.2f}x offline (by round "
