@@ -19,8 +19,9 @@ each round of the headline level, c=32, whose ratio compares the two medians), a
 ``encode([text])`` loop, and the server's engine alone (``engine_ceiling``: its windows at
 each concurrency, no HTTP; and after the load, ``engine_at_served_windows``: windows of the
 size the server formed at c=32, beside offline passes), which splits the distance to
-offline into the windows' share and the HTTP side's. Then, on bertrec only: served vectors
-against ``Encoder.encode``, bad requests, a soak (RSS and errors), and SIGTERM under load.
+offline into the windows' share and the server's (the HTTP side and the scheduling). Then,
+on bertrec only: served vectors against ``Encoder.encode``, bad requests, a soak (RSS and
+errors), and SIGTERM under load.
 
     python -m bench.serve_load            # ~17 minutes on 2 cores; record in bench/results/
     python -m bench.serve_load --quick    # CI smoke, < 1 minute, no infinity, no soak
