@@ -193,7 +193,7 @@ def _engine(
 
     threads, workers = parallelism("cpu", None, None)
     enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
-    encodings = enc.tokenize(texts)
+    encodings = [] if tokenize else enc.tokenize(texts)  # else each window, when timed
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
 
     def timed(windows: list[Any], call: int) -> float:
