@@ -762,6 +762,21 @@ def serve_section(rec: dict[str, Any], src: str) -> list[str]:
                 f"{fmt(cut.get('earlier_sentences_per_s'))} with the earlier "
                 f"{cut.get('earlier_call_tokens')} (interleaved)."
             )
+    calls = rec.get("call_cost")
+    if calls:
+        lines += [
+            "",
+            "One model call on an inference worker's thread (`call_cost`: calls of "
+            f"{', '.join(str(n) for n in calls['texts_per_call'])} copies of a "
+            f"{calls['text_tokens']}-token text, the mix's median; a least-squares line "
+            f"through their times, {', '.join(fmt(x, '.1f') for x in calls['call_ms'])} ms): "
+            f"{fmt(calls['per_call_ms'], '.2f')} ms per call whatever its size, plus "
+            f"{fmt(calls['per_token_us'], '.0f')} us a token. A call of one such text spends "
+            f"{fmt(100 * calls['per_call_share_one_text'], '.0f')}% of its time on being a "
+            f"call, one of {calls['texts_per_call'][-1]} "
+            f"{fmt(100 * calls['per_call_share_largest'], '.0f')}%: small windows, cut into "
+            "calls of a text or two, pay it over and over.",
+        ]
     held = [
         f"{name} {fmt(level('bertrec', name).get('texts_per_window'), '.1f')}"
         for name in names

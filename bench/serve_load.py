@@ -19,7 +19,8 @@ each round of the headline level, c=32, whose ratio compares the two medians), a
 ``encode([text])`` loop, and the server's engine alone (``engine_ceiling``: its windows at
 each concurrency, no HTTP; and after the load, ``engine_at_served_windows``: windows of the
 size the server formed at c=32, beside offline passes), which splits the distance to
-offline into the windows' share and the server's (the HTTP side and the scheduling). Then,
+offline into the windows' share and the server's (the HTTP side and the scheduling); and
+``call_cost``: what one model call costs a worker, per call and per token. Then,
 on bertrec only: served vectors against ``Encoder.encode``, bad requests, a soak (RSS and
 errors), and SIGTERM under load.
 
@@ -300,6 +301,47 @@ def engine_at_served_windows(
         "offline_sentences_per_s": float(np.median(offline_runs)),
         "ratio_by_round": ratios,
         "ratio": float(np.median(ratios)),
+    }
+
+
+# Calls of this many copies of one text: from a lone request's call to a full window's.
+CALL_SIZES = (1, 2, 4, 8, 16)
+
+
+def call_cost(model_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
+    """What one model call costs an inference worker (the Encoder ``bertrec serve`` builds,
+    one stream's thread): calls of ``CALL_SIZES`` copies of a text of the mix's median
+    token count, in ``rounds`` interleaved rounds, and a least-squares line through their
+    median times. Its intercept is what every call costs whatever its rows (reading every
+    weight, running every node), its slope the cost of a token. Small windows cut into
+    calls of a text or two pay the intercept over and over: it is why they run slower
+    than offline ``encode``'s full batches."""
+    enc, _, _ = _engine(model_dir, texts)
+    encodings = enc.tokenize(texts)
+    lengths = np.array([len(e) for e in encodings])
+    text = encodings[int(np.argmin(np.abs(lengths - np.median(lengths))))]
+    calls = {n: [text] * n for n in CALL_SIZES}
+    for batch in calls.values():  # warm-up: every shape once
+        enc.encode_tokens(batch)
+    times: dict[int, list[float]] = {n: [] for n in CALL_SIZES}
+    for k in range(rounds):
+        for n in CALL_SIZES if k % 2 == 0 else CALL_SIZES[::-1]:
+            repeats = max(2, 32 // n)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                enc.encode_tokens(calls[n])
+            times[n].append((time.perf_counter() - t0) / repeats)
+    call_s = np.array([np.median(times[n]) for n in CALL_SIZES])
+    tokens = np.array([n * len(text) for n in CALL_SIZES], dtype=np.float64)
+    per_call, per_token = np.polyfit(tokens, call_s, 1)[::-1]
+    return {
+        "text_tokens": len(text),
+        "texts_per_call": list(CALL_SIZES),
+        "call_ms": [float(x * 1e3) for x in call_s],
+        "per_call_ms": float(per_call * 1e3),
+        "per_token_us": float(per_token * 1e6),
+        "per_call_share_one_text": float(per_call / call_s[0]),
+        "per_call_share_largest": float(per_call / call_s[-1]),
     }
 
 
@@ -733,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling_bf16 = engine_ceiling(model_dir, mix.texts, st, precision="bf16")
         for name, row in ceiling_bf16["levels"].items():
             log(f"engine alone, bf16, {name}: {row['sentences_per_s']:.1f} sentences/s")
+    calls = call_cost(model_dir, mix.texts, st.offline_repeats * 2 + 1)
+    log(f"one model call on a worker: {calls['per_call_ms']:.2f} ms + "
+        f"{calls['per_token_us']:.1f} us a token")  # fmt: skip
     path_cost = request_path_cost(model_dir, mix.texts, st)
     log(f"request path, model stubbed: bertrec {path_cost['bertrec_us']:.0f} us, naive "
         f"{path_cost['naive_us']:.0f} us per request")  # fmt: skip
@@ -781,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_ceiling": ceiling,
         "engine_ceiling_bf16": ceiling_bf16,
         "engine_at_served_windows": at_served,
+        "call_cost": calls,
         "request_path": path_cost,
         "systems": systems,
         "checks": checks,
