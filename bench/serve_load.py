@@ -336,6 +336,7 @@ def call_cost(model_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
     per_call, per_token = np.polyfit(tokens, call_s, 1)[::-1]
     return {
         "text_tokens": len(text),
+        "rounds": rounds,
         "texts_per_call": list(CALL_SIZES),
         "call_ms": [float(x * 1e3) for x in call_s],
         "per_call_ms": float(per_call * 1e3),
@@ -775,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling_bf16 = engine_ceiling(model_dir, mix.texts, st, precision="bf16")
         for name, row in ceiling_bf16["levels"].items():
             log(f"engine alone, bf16, {name}: {row['sentences_per_s']:.1f} sentences/s")
-    calls = call_cost(model_dir, mix.texts, st.offline_repeats * 2 + 1)
+    calls = call_cost(model_dir, mix.texts, 5 * st.offline_repeats)
     log(f"one model call on a worker: {calls['per_call_ms']:.2f} ms + "
         f"{calls['per_token_us']:.1f} us a token")  # fmt: skip
     path_cost = request_path_cost(model_dir, mix.texts, st)
