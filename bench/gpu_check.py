@@ -141,7 +141,7 @@ def window_cuts(enc: Any, texts: list[str]) -> list[dict[str, Any]]:
     """The server's engine alone on windows of 16, 64 and 256 texts, each window cut by
     ``length_groups`` at several per-call costs (shares of the token budget; 0: a call
     is free, every length its own batch), one thread, interleaved, median of three."""
-    from bench.serve_load import run_windows, windows_of
+    from bench.serve_engine import run_windows, windows_of
 
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)

@@ -164,7 +164,7 @@ class Batcher:
         # under it as a threading.Condition must be, so it never wakes to find the lock
         # still held; and it waits in C (``SimpleQueue.get``), not in Condition's Python.
         # With this and length_groups' one-row case, a lone request's round trip with the
-        # model call answered at once (bench/serve_load.py's request_path_cost) went from
+        # model call answered at once (bench/serve_engine.py's request_path_cost) went from
         # ~310 to ~270 us, against ~240 us for the naive server's thread hop (one-off
         # interleaved runs, 2 cores).
         self._lock = threading.Lock()  # guards the queue and the counters below
