@@ -78,18 +78,24 @@ def tokenize_and_run_windows(enc: Any, texts: list[str], windows: list[Any], cal
             enc.encode_tokens([encodings[i] for i in rows])
 
 
-def _engine(
-    model_dir: Path, texts: list[str], precision: str = "auto", tokenize: bool = False
-) -> tuple[Any, int, Callable[[list[Any], int], float]]:
-    """The Encoder ``bertrec serve`` builds (its ``parallelism`` defaults), its workers, and
-    a timer: sentences/s of ``workers`` threads running windows of the texts, each window
-    cut by ``length_groups`` at ``call`` tokens per batch call, as the workers do; with
-    ``tokenize``, each window is tokenized in the timed run too, else all are beforehand."""
+def _serve_encoder(model_dir: Path, precision: str = "auto") -> tuple[Any, int]:
+    """The Encoder ``bertrec serve`` builds on this CPU (its ``parallelism`` defaults) and
+    its inference workers."""
     from bertrec import Encoder
     from bertrec.serve.app import parallelism
 
     threads, workers = parallelism("cpu", None, None)
-    enc = Encoder(model_dir, precision=precision, threads=threads, streams=workers)
+    return Encoder(model_dir, precision=precision, threads=threads, streams=workers), workers
+
+
+def _engine(
+    model_dir: Path, texts: list[str], precision: str = "auto", tokenize: bool = False
+) -> tuple[Any, int, Callable[[list[Any], int], float]]:
+    """``_serve_encoder``'s Encoder, its workers, and a timer: sentences/s of ``workers``
+    threads running windows of the texts, each window cut by ``length_groups`` at ``call``
+    tokens per batch call, as the workers do; with ``tokenize``, each window is tokenized
+    in the timed run too, else all are beforehand."""
+    enc, workers = _serve_encoder(model_dir, precision)
     encodings = [] if tokenize else enc.tokenize(texts)  # else each window, when timed
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
 
@@ -123,9 +129,9 @@ def engine_ceiling(
 ) -> dict[str, Any]:
     """What the server's engine does with no HTTP in front of it: for each single-text
     load level of ``levels`` (name, concurrency ``c``, texts per request), best of
-    ``repeats``, windows of ``c / workers`` texts (what each inference
-    worker takes when ``c`` requests wait), cut by ``length_groups`` and run by ``workers``
-    threads on the Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
+    ``repeats``: windows of ``c / workers`` texts (what each inference worker takes when
+    ``c`` requests wait), cut by ``length_groups`` and run by ``workers`` threads on the
+    Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
     gap between this and offline ``encode`` is small windows' (fewer texts to sort by
     length, smaller GEMMs); ``engine_at_served_windows`` measures the windows the server
     really formed. At c=32 the windows are also cut with ``EARLIER_CALL_COST_SHARE``,
@@ -180,9 +186,8 @@ def engine_at_served_windows(
     tokenized and run as a worker does, each run right after an ``offline`` pass, so that
     their ratio holds whatever the machine does meanwhile. Under closed-loop load the
     windows are smaller than ``c / workers``: while two run, the clients of a third are
-    answered and come back.
-    Served over offline divided by this ratio is the share of what its windows allow that
-    the server keeps: the HTTP side's cost, and the scheduling's."""
+    answered and come back. Served over offline divided by this ratio is the share of what
+    its windows allow that the server keeps: the HTTP side's cost, and the scheduling's."""
     from bertrec.serve.batcher import call_tokens
 
     enc, workers, timed = _engine(model_dir, texts, tokenize=True)
@@ -219,7 +224,7 @@ def call_cost(model_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
     weight, running every node), its slope the cost of a token. Small windows cut into
     calls of a text or two pay the intercept over and over: it is why they run slower
     than offline ``encode``'s full batches."""
-    enc, _, _ = _engine(model_dir, texts)
+    enc, _ = _serve_encoder(model_dir)
     encodings = enc.tokenize(texts)
     lengths = np.array([len(e) for e in encodings])
     text = encodings[int(np.argmin(np.abs(lengths - np.median(lengths))))]
@@ -276,13 +281,10 @@ def request_path_cost(
     throughput does."""
     import asyncio
 
-    from bertrec import Encoder
-    from bertrec.serve.app import parallelism
     from bertrec.serve.batcher import Batcher
     from bertrec.serve.metrics import Metrics
 
-    threads, workers = parallelism("cpu", None, None)
-    enc = Encoder(model_dir, threads=threads, streams=workers)
+    enc, workers = _serve_encoder(model_dir)
     enc._runner = _ZeroModel(enc._runner, enc.manifest.dim)  # the stub, on this copy only
     one = [[t] for t in texts]
 
