@@ -69,13 +69,10 @@ def run_windows(
 
 def tokenize_and_run_windows(enc: Any, texts: list[str], windows: list[Any], call: int) -> None:
     """``run_windows`` with each window tokenized first, as the worker does."""
-    from bertrec.serve.batcher import length_groups
-
     for w in windows:
         encodings = enc.tokenize([texts[i] for i in w])
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        for rows in length_groups(lengths, enc.max_batch_tokens, call):
-            enc.encode_tokens([encodings[i] for i in rows])
+        run_windows(enc, encodings, lengths, [np.arange(len(encodings))], call)
 
 
 def _serve_encoder(model_dir: Path, precision: str = "auto") -> tuple[Any, int]:
