@@ -101,6 +101,18 @@ class _Job:
         self.tokens = 0
 
 
+class _Window:
+    """One worker's turn: ``parts``, each a request and the rows ``[start, stop)`` of it
+    that this window runs, and ``tokens``, their estimated tokens as ``_cut`` counted
+    them (running until the window is answered, then taken off the same count)."""
+
+    __slots__ = ("parts", "tokens")
+
+    def __init__(self, parts: list[tuple[_Job, int, int]], tokens: int) -> None:
+        self.parts = parts
+        self.tokens = tokens
+
+
 class Batcher:
     """Merges concurrent requests' texts into token-budget batches for one ``Encoder``.
 
@@ -354,7 +366,7 @@ class Batcher:
         except Exception:  # a model that cannot run shows it on the first request too
             log.exception("warm-up failed")
 
-    def _next_window(self, worker: int) -> list[tuple[_Job, int, int]] | None:
+    def _next_window(self, worker: int) -> _Window | None:
         """Wait for work by the scheduling rule, then cut a window off the queue. An idle
         engine's work goes to worker 0, the others join while a window runs: a lone
         request always meets the same thread (and its backend state, warm) instead of
@@ -381,13 +393,13 @@ class Batcher:
         self._signal(wake)
         return window
 
-    def _cut(self) -> list[tuple[_Job, int, int]]:
+    def _cut(self) -> _Window:
         """Up to ``window_tokens`` tokens (as estimated on arrival) off the front of the
         queue (at least one text), and no more than this worker's share of the queue while
         others are free, so they all get work; a request that does not fit is split and
         its rest stays first in line. No further request joins once the window holds
         this worker's share of the work queued and running (the class docstring)."""
-        window: list[tuple[_Job, int, int]] = []
+        parts: list[tuple[_Job, int, int]] = []
         used = 0
         free = self.workers - self._busy
         limit = min(self.window_tokens, -(-self._queued_tokens // free))
@@ -395,7 +407,7 @@ class Batcher:
         while self._queue:
             job, start = self._queue[0]
             n = len(job.texts)
-            if window and used >= share:
+            if parts and used >= share:
                 break
             if job.cancelled:
                 self._queue.popleft()
@@ -407,13 +419,13 @@ class Batcher:
                 take, tokens = n, job.total
             else:
                 lengths = job.lengths[start:]
-                if int(lengths[0]) > room and window:
+                if int(lengths[0]) > room and parts:
                     break
                 take = int(np.searchsorted(np.cumsum(lengths), room, side="right"))
                 take = max(take, 1)
                 tokens = int(lengths[:take].sum())
             stop = start + take
-            window.append((job, start, stop))
+            parts.append((job, start, stop))
             used += tokens
             self._waiting -= take
             self._queued_tokens -= tokens
@@ -424,11 +436,12 @@ class Batcher:
         self._peak = self._pending
         self._busy += 1
         self._running_tokens += used
-        return window
+        return _Window(parts, used)
 
-    def _run(self, window: list[tuple[_Job, int, int]]) -> None:
+    def _run(self, window: _Window) -> None:
+        parts = window.parts
         texts: list[str] = []
-        for job, start, stop in window:
+        for job, start, stop in parts:
             texts.extend(job.texts[start:stop])
         t0 = time.perf_counter()
         lengths = np.zeros(0, dtype=np.int64)
@@ -436,7 +449,7 @@ class Batcher:
         error: BaseException | None = None
         # One request in the whole server: its batch may take every thread (a bare
         # encode([text])'s speed); under load each worker keeps to its own stream.
-        alone = len(window) == 1 and self._pending <= 1 and self._busy == 1
+        alone = len(parts) == 1 and self._pending <= 1 and self._busy == 1
         try:
             encodings = self.encoder.tokenize(texts)  # checked on arrival (embed)
             lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(texts))
@@ -450,7 +463,7 @@ class Batcher:
         seconds = time.perf_counter() - t0
         with self._lock:
             row = 0
-            for job, start, stop in window:
+            for job, start, stop in parts:
                 if error is not None:
                     job.cancelled = True  # the rest of a split request is not run for nothing
                     done.append(job)
@@ -462,7 +475,7 @@ class Batcher:
                 if job.left == 0:
                     done.append(job)
             self._busy -= 1
-            self._running_tokens -= sum(int(job.lengths[a:b].sum()) for job, a, b in window)
+            self._running_tokens -= window.tokens
             if not self._busy:
                 self._free_since = time.monotonic()
             # Work left (an idle engine's for worker 0), or the end.
@@ -471,7 +484,7 @@ class Batcher:
         if done and self._loop is not None:
             self._loop.call_soon_threadsafe(self._finish, done, error)
         if self._observe is not None:
-            self._observe(len(window), len(texts), int(lengths.sum()), seconds)
+            self._observe(len(parts), len(texts), int(lengths.sum()), seconds)
 
     def describe(self) -> dict[str, Any]:
         """The settings, for logs and ``/v1/models``."""

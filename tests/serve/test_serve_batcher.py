@@ -160,9 +160,9 @@ def _queue_texts(batcher: Any, loop: asyncio.AbstractEventLoop, first: int, n: i
     return tasks
 
 
-def _cut(batcher: Any) -> list[Any]:
+def _cut(batcher: Any) -> Any:
     with batcher._lock:
-        return batcher._cut()  # type: ignore[no-any-return]
+        return batcher._cut()
 
 
 def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir: Path) -> None:
@@ -175,16 +175,17 @@ def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir
     try:
         tasks = _queue_texts(batcher, loop, 0, 4)
         short = _cut(batcher)  # both workers free: half the queue each
-        assert len(short) == 2
+        assert len(short.parts) == 2 and short.tokens == 20
         tasks += _queue_texts(batcher, loop, 4, 26)
         assert batcher.queued == 28
         window = _cut(batcher)
-        assert len(window) == 15  # ceil((280 queued + 20 running tokens) / 2 workers)
+        assert len(window.parts) == 15  # ceil((280 queued + 20 running tokens) / 2 workers)
+        assert window.tokens == 150 and batcher._running_tokens == 170
         assert batcher.queued == 13
         batcher._run(short)
         batcher._run(window)
         assert batcher._busy == 0 and batcher._running_tokens == 0
-        answered = [job for job, _, _ in short + window]
+        answered = [job for job, _, _ in short.parts + window.parts]
         for job in answered:
             np.testing.assert_allclose(job.out, enc.encode(job.texts), atol=1e-5)
         for task in tasks:
@@ -193,7 +194,7 @@ def test_a_freed_worker_takes_its_share_of_the_work_in_the_server(tiny_model_dir
 
         _, alone = _batcher(tiny_model_dir, 1)
         tasks = _queue_texts(alone, loop, 0, 30)
-        assert len(_cut(alone)) == 30
+        assert len(_cut(alone).parts) == 30
         for task in tasks:
             task.cancel()
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
