@@ -122,6 +122,7 @@ def engine_ceiling(
     texts: list[str],
     levels: Sequence[tuple[str, int, int]],
     repeats: int,
+    headline: str,
     precision: str = "auto",
 ) -> dict[str, Any]:
     """What the server's engine does with no HTTP in front of it: for each single-text
@@ -131,8 +132,8 @@ def engine_ceiling(
     Encoder ``bertrec serve`` builds (its ``parallelism`` defaults). The
     gap between this and offline ``encode`` is small windows' (fewer texts to sort by
     length, smaller GEMMs); ``engine_at_served_windows`` measures the windows the server
-    really formed. At c=32 the windows are also cut with ``EARLIER_CALL_COST_SHARE``,
-    interleaved."""
+    really formed. At the ``headline`` level the windows are also cut with
+    ``EARLIER_CALL_COST_SHARE``, interleaved."""
     from bertrec.serve.batcher import call_tokens
 
     enc, workers, timed = _engine(model_dir, texts, precision)
@@ -151,8 +152,8 @@ def engine_ceiling(
         size = max(1, -(-conc // workers))
         windows = windows_of(len(texts), size)
         timed(windows, call)  # warm-up: every shape once
-        # At c=32 the cut of the earlier per-call cost too, interleaved with today's.
-        compare = conc == 32
+        # At the headline level the cut of the earlier per-call cost too, interleaved.
+        compare = name == headline
         runs, runs_earlier = [], []
         for _ in range(repeats):
             runs.append(timed(windows, call))
